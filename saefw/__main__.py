@@ -1,0 +1,3 @@
+from saefw.cli import main
+
+main()

@@ -1,0 +1,120 @@
+"""The SAE interface every architecture implements.
+
+Evaluators, analysis and steering only use ``encode``/``decode``/``decoder_directions``, never the arch name.
+
+Activations are rescaled by a scalar ``input_scale`` so that E‖x‖ = √d_in during training (as SAELens does):
+a sparsity coefficient then means the same thing at every model, layer and site. ``encode``/``decode`` take
+and return raw activations; subclasses implement ``_encode``/``_decode`` and ``loss`` in the scaled space.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class SparsityInput:
+    """What a penalty sees: ``acts`` [B, d_sae] (non-negative), the decoder ``W_dec`` [d_sae, d_in], and for
+    threshold archs ``l0`` [B], a per-token L0 carrying a straight-through gradient."""
+
+    acts: Tensor
+    W_dec: Tensor
+    l0: Tensor | None = None
+
+
+@dataclass
+class LossOutput:
+    """``loss`` to minimise, ``terms`` (detached scalars) to log, ``f`` the latents of the batch."""
+
+    loss: Tensor
+    f: Tensor
+    terms: dict[str, Tensor] = field(default_factory=dict)
+
+
+class SAE(nn.Module):
+    """Base class: ``f = encode(x)``, ``x̂ = decode(f)``, ``loss(x_scaled, penalty, coefficient)``."""
+
+    plugin_name = "?"
+    default_penalty = "l1_decoder_norm"
+    allowed_penalties: tuple[str, ...] = ("l1", "l1_decoder_norm", "tanh")
+    unit_norm_decoder = False
+
+    def __init__(self, cfg, d_in: int, d_sae: int):
+        super().__init__()
+        self.cfg, self.d_in, self.d_sae = cfg, d_in, d_sae
+        self.register_buffer("input_scale", torch.tensor(1.0))
+
+    # --- the interface used by everything outside training ---
+    def encode(self, x: Tensor) -> Tensor:
+        return self._encode(x * self.input_scale)
+
+    def decode(self, f: Tensor) -> Tensor:
+        return self._decode(f) / self.input_scale
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        f = self.encode(x)
+        return self.decode(f), f
+
+    @property
+    def W_dec_param(self) -> Tensor:
+        return self.W_dec
+
+    @property
+    def decoder_directions(self) -> Tensor:
+        """Unit-norm feature directions [d_sae, d_in] in activation space."""
+        w = self.W_dec_param.detach()
+        return w / w.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+
+    # --- implemented by architectures ---
+    def _encode(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _decode(self, f: Tensor) -> Tensor:
+        return f @ self.W_dec + self.b_dec
+
+    def loss(self, x: Tensor, penalty, coefficient: float | Tensor, dead_mask: Tensor | None = None) -> LossOutput:
+        """Training loss on scaled activations ``x`` [B, d_in]; ``dead_mask`` [d_sae] marks dead latents."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def init_from_data(self, x: Tensor) -> None:
+        """Data-dependent init on scaled activations (default: b_dec = geometric median)."""
+        self.b_dec.copy_(geometric_median(x))
+
+    # --- optimisation hooks ---
+    @torch.no_grad()
+    def set_decoder_norm_to_unit_norm(self) -> None:
+        w = self.W_dec_param
+        w.div_(w.norm(dim=-1, keepdim=True).clamp_min(1e-8))
+
+    @torch.no_grad()
+    def remove_gradient_parallel_to_decoder_directions(self) -> None:
+        """Project out of ∇W_dec the component along each (unit) row, so the unit-norm constraint costs no
+        step size (Bricken et al. 2023)."""
+        w, g = self.W_dec_param, self.W_dec_param.grad
+        if g is None:
+            return
+        unit = w / w.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        g.sub_((g * unit).sum(-1, keepdim=True) * unit)
+
+    def finalize_for_inference(self, batches) -> None:
+        """Called once after training with an iterator of scaled training batches (batchtopk fits its threshold)."""
+
+    # --- saving (SAELens tensor names) ---
+    def saved_tensors(self) -> dict[str, Tensor]:
+        return {k: v.detach() for k, v in self.state_dict().items()}
+
+
+@torch.no_grad()
+def geometric_median(x: Tensor, iters: int = 50, eps: float = 1e-6) -> Tensor:
+    """Weiszfeld's algorithm: argmin_y Σ‖x_i − y‖ (robust to the outlier tokens that skew the mean)."""
+    y = x.mean(0)
+    for _ in range(iters):
+        w = 1.0 / (x - y).norm(dim=-1).clamp_min(eps)
+        y_new = (w[:, None] * x).sum(0) / w.sum()
+        if (y_new - y).norm() < eps * (1 + y.norm()):
+            return y_new
+        y = y_new
+    return y

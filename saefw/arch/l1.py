@@ -1,0 +1,47 @@
+"""Standard ReLU SAE trained with an L1-type penalty."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from saefw.arch.base import SAE, LossOutput, SparsityInput
+from saefw.registry import register
+
+
+@dataclass
+class L1Config:
+    unit_norm_decoder: bool = False  # forced on when the penalty ignores decoder norms (penalty=l1)
+    init_decoder_norm: float = 0.1  # Anthropic's April-2024 update: small decoder rows at init
+
+
+@register("arch", "l1", L1Config)
+class L1SAE(SAE):
+    """f = ReLU(W_encᵀ(x − b_dec) + b_enc);  x̂ = W_decᵀ f + b_dec;
+    loss = ‖x − x̂‖² + λ·P(f)   (P from the ``penalty`` family, e.g. Σ_i f_i‖W_dec,i‖).
+
+    W_enc [d_in, d_sae] is initialised as W_decᵀ; b_dec as the geometric median of the data."""
+
+    def __init__(self, cfg: L1Config, d_in: int, d_sae: int):
+        super().__init__(cfg, d_in, d_sae)
+        self.unit_norm_decoder = cfg.unit_norm_decoder
+        w = torch.randn(d_sae, d_in)
+        w = w / w.norm(dim=-1, keepdim=True) * (1.0 if cfg.unit_norm_decoder else cfg.init_decoder_norm)
+        self.W_dec = nn.Parameter(w)
+        self.W_enc = nn.Parameter(w.t().clone())
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        return (x - self.b_dec) @ self.W_enc + self.b_enc
+
+    def _encode(self, x: Tensor) -> Tensor:
+        return torch.relu(self.pre_acts(x))
+
+    def loss(self, x, penalty, coefficient, dead_mask=None) -> LossOutput:
+        f = self._encode(x)
+        x_hat = self._decode(f)
+        mse = (x_hat - x).pow(2).sum(-1).mean()
+        sparsity = penalty(SparsityInput(acts=f, W_dec=self.W_dec))
+        return LossOutput(mse + coefficient * sparsity, f, {"mse_loss": mse.detach(), "sparsity_loss": sparsity.detach()})

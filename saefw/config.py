@@ -1,0 +1,57 @@
+"""The top-level run schema: typed, so ``layer=abc`` or ``trian.lr=1`` fails at composition with Hydra's message.
+
+Plugin groups (``source``, ``arch``, ``penalty``, ``evaluators``) are typed by their own registered dataclasses.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 1024
+    lr: float = 1e-3
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    lr_warmup_steps: int = 20
+    lr_decay_fraction: float = 0.2  # linear decay to 0 over this last fraction of steps
+    eval_every_steps: int = 0  # 0: evaluate only at the end
+    eval_batch_size: int = 4096
+    init_batches: int = 4  # batches used to set input_scale (E‖x‖ = √d) and b_dec (geometric median)
+    dead_window_tokens: int = 100_000
+    checkpoint_every_steps: int = 100
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"  # offline | online | disabled ; offline runs upload later with `wandb sync`
+    project: str = "saefw"
+    entity: str | None = None
+    group: str | None = None  # default: the sweep directory's name for multiruns
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunConfig:
+    model: str = "smollm2-135m"
+    layer: int = 6
+    site: str = "resid_post"
+    seed: int = 0
+    total_tokens: int = 300_000
+    expansion_factor: int = 8
+    d_sae: int | None = None  # overrides expansion_factor
+    source: Any = None
+    arch: Any = None
+    penalty: Any = None
+    evaluators: Any = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    trainer: dict[str, Any] = field(default_factory=dict)  # passed as-is to pytorch_lightning.Trainer
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+def store_schema() -> None:
+    ConfigStore.instance().store(name="saefw_schema", node=RunConfig)

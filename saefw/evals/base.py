@@ -1,0 +1,56 @@
+"""The evaluator interface and the loop that runs every evaluator over the held-out split in one pass."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class Evaluator:
+    """Streaming evaluator: ``begin`` → ``update`` per held-out batch → ``compute``.
+
+    ``update`` receives raw activations ``x`` [B, d_in], latents ``f`` [B, d_sae] and reconstructions ``x_hat``.
+    ``compute`` returns named numbers; a 1-D tensor value is a histogram (logged as one, not as a scalar).
+    Evaluators that need more than activations (a language model, ground truth) say so in ``requires`` and
+    are skipped, with a warning naming them, on a source that cannot provide it."""
+
+    plugin_name = "?"
+    requires: tuple[str, ...] = ()  # attributes of the source that must not be None, e.g. ("lm",)
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def begin(self, sae, source) -> None:
+        self.sae, self.source = sae, source
+
+    def update(self, x: Tensor, f: Tensor, x_hat: Tensor) -> None:
+        pass
+
+    def compute(self) -> dict[str, float | Tensor]:
+        raise NotImplementedError
+
+
+def usable(evaluator: Evaluator, source) -> bool:
+    return all(getattr(source, attr, None) is not None for attr in evaluator.requires)
+
+
+@torch.no_grad()
+def run_evaluators(sae, source, evaluators: list[Evaluator], batch_size: int = 4096) -> dict[str, float | Tensor]:
+    """One pass over ``source.eval_batches`` feeding every evaluator; returns their merged results."""
+    was_training = sae.training
+    sae.eval()
+    try:
+        for ev in evaluators:
+            ev.begin(sae, source)
+        device = next(sae.parameters()).device
+        for x in source.eval_batches(batch_size):
+            x = x.to(device, torch.float32)
+            f = sae.encode(x)
+            x_hat = sae.decode(f)
+            for ev in evaluators:
+                ev.update(x, f, x_hat)
+        out: dict[str, float | Tensor] = {}
+        for ev in evaluators:
+            out.update(ev.compute())
+        return out
+    finally:
+        sae.train(was_training)

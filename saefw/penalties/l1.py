@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from saefw.penalties.base import Penalty, PenaltyConfig
+from saefw.registry import register
+
+
+@dataclass
+class L1PenaltyConfig(PenaltyConfig):
+    pass
+
+
+@register("penalty", "l1", L1PenaltyConfig)
+class L1Penalty(Penalty):
+    """P = E_tokens[Σ_i f_i]. Ignores decoder norms, so the decoder is held at unit norm."""
+
+    requires_unit_norm_decoder = True
+
+    def __call__(self, s):
+        return s.acts.sum(-1).mean()
+
+
+@register("penalty", "l1_decoder_norm", L1PenaltyConfig)
+class L1DecoderNormPenalty(Penalty):
+    """P = E_tokens[Σ_i f_i‖W_dec,i‖] (Anthropic, April 2024): invariant to rescaling f_i against W_dec,i."""
+
+    def __call__(self, s):
+        return (s.acts * s.W_dec.norm(dim=-1)).sum(-1).mean()

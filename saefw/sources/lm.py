@@ -1,0 +1,189 @@
+"""A causal LM loaded through ``transformers`` with hook points at (layer, site), for any of the GPT-2,
+GPT-NeoX/Pythia and Llama-style families.
+
+Sites: ``resid_pre`` (input of block ``layer``), ``resid_post`` (its output), ``attn_out`` and ``mlp_out``
+(outputs of its attention and MLP modules). Position 0 of every context is BOS: it is never harvested, never
+replaced when splicing, and never scored, so every metric uses the same set of positions.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from saefw.embedded import EMBEDDED_MODELS, resolve_model
+from saefw.errors import SaefwError
+
+SITES = ("resid_pre", "resid_post", "mlp_out", "attn_out")
+_BLOCK_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
+_ATTN_NAMES = ("self_attn", "attn", "attention")
+_MLP_NAMES = ("mlp",)
+
+
+class _StopForward(Exception):
+    pass
+
+
+def _get(obj, dotted: str):
+    for part in dotted.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def block_list(model: nn.Module) -> nn.ModuleList:
+    for path in _BLOCK_PATHS:
+        blocks = _get(model, path)
+        if isinstance(blocks, nn.ModuleList):
+            return blocks
+    raise SaefwError(f"cannot find the transformer blocks of {type(model).__name__}; "
+                     f"supported layouts: {', '.join(_BLOCK_PATHS)}")
+
+
+def _child(block: nn.Module, candidates: tuple[str, ...], site: str) -> nn.Module:
+    for name in candidates:
+        if isinstance(getattr(block, name, None), nn.Module):
+            return getattr(block, name)
+    raise SaefwError(f"site={site} is not supported for {type(block).__name__}: no submodule named "
+                     f"{' or '.join(candidates)}")
+
+
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _with_first(out, new):
+    return (new, *out[1:]) if isinstance(out, tuple) else new
+
+
+def load_config(name: str, local_files_only: bool = True):
+    from transformers import AutoConfig
+
+    path = resolve_model(name)
+    try:
+        return path, AutoConfig.from_pretrained(path, local_files_only=local_files_only, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise SaefwError(f"model={name!r} could not be loaded: it is not an embedded model "
+                         f"({', '.join(EMBEDDED_MODELS)}), a local checkpoint directory, nor in the Hugging Face "
+                         f"cache ({str(exc).splitlines()[0][:200]})") from None
+
+
+def n_layers_of(config) -> int:
+    n = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    if not n:
+        raise SaefwError(f"cannot tell how many layers {config.model_type} has")
+    return int(n)
+
+
+def check_layer_site(name: str, n_layers: int, layer: int, site: str) -> None:
+    if not 0 <= layer < n_layers:
+        raise SaefwError(f"layer={layer} is out of range: {name} has {n_layers} layers (0-{n_layers - 1})")
+    if site not in SITES:
+        raise SaefwError(f"site={site!r} is not a hook site; choices: {', '.join(SITES)}")
+
+
+class LanguageModel:
+    """A ``transformers`` causal LM with one hook point: harvest, splice, and next-token cross-entropy."""
+
+    def __init__(self, name: str, layer: int, site: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                 local_files_only: bool = True):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.name, self.layer, self.site, self.device = name, layer, site, torch.device(device)
+        path, config = load_config(name, local_files_only)
+        self.n_layers = n_layers_of(config)
+        check_layer_site(name, self.n_layers, layer, site)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=local_files_only,
+                                                          trust_remote_code=False).to(self.device).eval()
+        self.model.requires_grad_(False)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
+        bos = self.tokenizer.bos_token_id
+        self.bos_id = bos if bos is not None else self.tokenizer.eos_token_id
+        self.sep_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else self.bos_id
+        block = block_list(self.model)[layer]
+        self.d_model = int(getattr(config, "hidden_size", None) or config.n_embd)
+        self._block = block
+        self._module = {"resid_pre": block, "resid_post": block,
+                        "attn_out": _child(block, _ATTN_NAMES, site) if site == "attn_out" else None,
+                        "mlp_out": _child(block, _MLP_NAMES, site) if site == "mlp_out" else None}[site]
+        self.hook_name = f"blocks.{layer}.hook_{site}"  # TransformerLens/SAELens naming
+
+    # --- tokenisation ---
+    def contexts(self, docs: Iterable[str], context_size: int) -> Tensor:
+        """Concatenate docs (separated by EOS) and cut fixed-length contexts, each starting with BOS."""
+        stream: list[int] = []
+        for doc in docs:
+            stream.extend(self.tokenizer(doc, add_special_tokens=False).input_ids)
+            stream.append(self.sep_id)
+        body = context_size - 1
+        n = len(stream) // body
+        if n == 0:
+            raise SaefwError(f"the corpus has {len(stream)} tokens, fewer than one context of {context_size}")
+        t = torch.tensor(stream[: n * body], dtype=torch.long).view(n, body)
+        return torch.cat([torch.full((n, 1), self.bos_id, dtype=torch.long), t], dim=1)
+
+    # --- hooks ---
+    @contextmanager
+    def _hook(self, fn: Callable[[Tensor], Tensor | None]):
+        """Install ``fn`` on the hook point: it sees the activation [B, T, d] and may return a replacement."""
+        if self.site == "resid_pre":
+            def pre(module, args, kwargs):
+                if args:
+                    new = fn(args[0])
+                    return None if new is None else ((new, *args[1:]), kwargs)
+                new = fn(kwargs["hidden_states"])
+                return None if new is None else (args, {**kwargs, "hidden_states": new})
+            handle = self._module.register_forward_pre_hook(pre, with_kwargs=True)
+        else:
+            def post(module, args, out):
+                new = fn(_first(out))
+                return None if new is None else _with_first(out, new)
+            handle = self._module.register_forward_hook(post)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    @torch.no_grad()
+    def activations(self, tokens: Tensor) -> Tensor:
+        """Hook-point activations [B, T, d] for ``tokens`` [B, T]; the forward stops right after the hook."""
+        captured = {}
+
+        def grab(x):
+            captured["x"] = x.detach()
+            raise _StopForward
+
+        with self._hook(grab):
+            try:
+                self.model(tokens.to(self.device), use_cache=False)
+            except _StopForward:
+                pass
+        return captured["x"]
+
+    @torch.no_grad()
+    def logits(self, tokens: Tensor, replace: Callable[[Tensor], Tensor] | None = None,
+               capture: dict | None = None) -> Tensor:
+        """Full-model logits [B, T, V]. ``replace`` maps the non-BOS activations [B, T−1, d] to their
+        replacement; ``capture`` (a dict) receives the clean activation under key ``"x"``."""
+
+        def splice(x):
+            if capture is not None:
+                capture["x"] = x.detach()
+            if replace is None:
+                return None
+            new = x.clone()
+            new[:, 1:] = replace(x[:, 1:]).to(x.dtype)
+            return new
+
+        with self._hook(splice):
+            return self.model(tokens.to(self.device), use_cache=False).logits.float()
+
+
+def next_token_ce(logits: Tensor, tokens: Tensor) -> Tensor:
+    """Per-position CE [B, T−2] of predicting token t+1 from positions 1..T−2 (BOS position excluded)."""
+    lp = torch.log_softmax(logits[:, 1:-1], dim=-1)
+    target = tokens[:, 2:].to(lp.device)
+    return -lp.gather(-1, target.unsqueeze(-1)).squeeze(-1)

@@ -1,0 +1,139 @@
+"""Lightning pieces: the SAE training module, the activation data module, and the periodic-eval callback."""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from saefw.evals.base import run_evaluators
+
+log = logging.getLogger(__name__)
+
+
+class _Stream(IterableDataset):
+    def __init__(self, make_iter):
+        self.make_iter = make_iter
+
+    def __iter__(self):
+        return self.make_iter()
+
+
+class ActivationDataModule(pl.LightningDataModule):
+    """Serves ``source.train_batches`` (already batched). ``peek(n)`` hands the first batches out early for
+    data-dependent init without losing them from the stream."""
+
+    def __init__(self, source, batch_size: int):
+        super().__init__()
+        self.source, self.batch_size = source, batch_size
+        self._head: list[torch.Tensor] = []
+        self._iter = None
+
+    def _stream(self):
+        if self._iter is None:
+            self._iter = self.source.train_batches(self.batch_size)
+        return self._iter
+
+    def peek(self, n: int) -> list[torch.Tensor]:
+        while len(self._head) < n:
+            batch = next(self._stream(), None)
+            if batch is None:
+                break
+            self._head.append(batch)
+        return self._head[:n]
+
+    def _all(self):
+        head, self._head = self._head, []
+        return itertools.chain(head, self._stream())
+
+    def train_dataloader(self):
+        return DataLoader(_Stream(self._all), batch_size=None, num_workers=0)
+
+
+class SAEModule(pl.LightningModule):
+    """Trains ``sae`` with ``penalty``.
+
+    λ_t = λ·min(1, t / warmup) (or, with ``penalty.target_l0``, λ adapted multiplicatively towards that L0);
+    learning rate: linear warmup, constant, linear decay to 0 over the last ``lr_decay_fraction`` of steps.
+    A latent is dead when it has not fired for ``dead_window_tokens`` training tokens."""
+
+    def __init__(self, sae, penalty, train_cfg, total_steps: int):
+        super().__init__()
+        self.sae, self.penalty, self.tcfg, self.total_steps = sae, penalty, train_cfg, total_steps
+        self.unit_norm = sae.unit_norm_decoder or penalty.requires_unit_norm_decoder
+        self.register_buffer("tokens_since_fired", torch.zeros(sae.d_sae, dtype=torch.long))
+        self.register_buffer("coefficient", torch.tensor(float(penalty.cfg.coefficient)) if hasattr(
+            penalty.cfg, "coefficient") else torch.tensor(0.0))
+        if self.unit_norm:
+            sae.set_decoder_norm_to_unit_norm()
+
+    def current_coefficient(self) -> float:
+        warm = getattr(self.penalty.cfg, "warmup_steps", 0)
+        ramp = min(1.0, (self.global_step + 1) / warm) if warm else 1.0
+        return self.coefficient.item() * ramp
+
+    def dead_mask(self) -> torch.Tensor:
+        return self.tokens_since_fired >= self.tcfg.dead_window_tokens
+
+    def training_step(self, batch, batch_idx):
+        x = batch.float() * self.sae.input_scale
+        if not torch.isfinite(x).all():
+            raise FloatingPointError(f"non-finite activations in training batch {batch_idx} "
+                                     f"({(~torch.isfinite(x)).sum().item()} values)")
+        coeff = self.current_coefficient()
+        out = self.sae.loss(x, self.penalty, coeff, dead_mask=self.dead_mask())
+        with torch.no_grad():
+            fired = (out.f > 0).any(0)
+            self.tokens_since_fired += x.shape[0]
+            self.tokens_since_fired[fired] = 0
+            l0 = (out.f > 0).float().sum(-1).mean()
+            target = getattr(self.penalty.cfg, "target_l0", None)
+            if target is not None:
+                self.coefficient.mul_(math.exp(self.penalty.cfg.target_l0_rate * (1 if l0 > target else -1)))
+        logs = {"train/loss": out.loss.detach(), "train/l0": l0, "train/coefficient": coeff,
+                "train/dead_fraction": self.dead_mask().float().mean(),
+                **{f"train/{k}": v for k, v in out.terms.items()}}
+        self.log_dict(logs, prog_bar=False, on_step=True)
+        self.log("l0", l0, prog_bar=True, logger=False)
+        self.log("mse", out.terms.get("mse_loss", out.loss.detach()), prog_bar=True, logger=False)
+        return out.loss
+
+    def on_before_optimizer_step(self, optimizer):
+        if self.unit_norm:
+            self.sae.remove_gradient_parallel_to_decoder_directions()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.unit_norm:
+            self.sae.set_decoder_norm_to_unit_norm()
+
+    def configure_optimizers(self):
+        t = self.tcfg
+        opt = torch.optim.Adam(self.sae.parameters(), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2))
+        decay_start = int(self.total_steps * (1 - t.lr_decay_fraction))
+
+        def factor(step):
+            warm = min(1.0, (step + 1) / t.lr_warmup_steps) if t.lr_warmup_steps else 1.0
+            if step >= decay_start and self.total_steps > decay_start:
+                return warm * max(0.0, (self.total_steps - step) / (self.total_steps - decay_start))
+            return warm
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class EvalCallback(pl.Callback):
+    """Runs the evaluators on the held-out split every ``every_n_steps`` optimizer steps."""
+
+    def __init__(self, source, evaluators, every_n_steps: int, batch_size: int, on_result=None):
+        self.source, self.evaluators, self.every = source, evaluators, every_n_steps
+        self.batch_size, self.on_result = batch_size, on_result
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if self.every and step % self.every == 0 and step > 0:
+            result = run_evaluators(pl_module.sae, self.source, self.evaluators, self.batch_size)
+            if self.on_result:
+                self.on_result(result, step)
