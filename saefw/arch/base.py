@@ -118,3 +118,18 @@ def geometric_median(x: Tensor, iters: int = 50, eps: float = 1e-6) -> Tensor:
             return y_new
         y = y_new
     return y
+
+
+def auxk_loss(pre_acts: Tensor, residual: Tensor, W_dec: Tensor, dead_mask: Tensor | None, k_aux: int) -> Tensor:
+    """AuxK (Gao et al. 2024): reconstruct the main residual e = x − x̂ from the top-``k_aux`` *dead* latents,
+    ê = Σ_{i ∈ TopK_aux(dead)} ReLU(z_i) W_dec,i, and return ‖e − ê‖² / ‖e − ē‖² (normalised MSE, mean over
+    tokens; e is a fixed target). Zero when no latent is dead."""
+    if dead_mask is None or not bool(dead_mask.any()):
+        return pre_acts.new_zeros(())
+    k = min(k_aux, int(dead_mask.sum()))
+    masked = pre_acts.masked_fill(~dead_mask, float("-inf"))
+    vals, idx = masked.topk(k, dim=-1)
+    acts = torch.zeros_like(pre_acts).scatter(-1, idx, torch.relu(vals))
+    e = residual.detach()
+    err = (acts @ W_dec - e).pow(2).sum(-1).mean()
+    return err / (e - e.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
