@@ -54,10 +54,14 @@ class HFActivationSource(ActivationSource):
         log.info("corpus %s: %d train contexts (%d tokens), %d held-out contexts", self.cfg.corpus,
                  len(self.train_tokens), self.train_tokens[:, 1:].numel(), len(self.eval_tokens))
 
-    def _harvest(self, tokens: Tensor) -> Tensor:
-        """[N·(T−1), d] activations of ``tokens`` (BOS dropped), in forward batches."""
+    def _harvest(self, tokens: Tensor, desc: str | None = None) -> Tensor:
+        """[N·(T−1), d] activations of ``tokens`` (BOS dropped), in forward batches (with a progress bar when
+        ``desc`` is given: harvests outside the training loop would otherwise look like a hang)."""
+        from tqdm.auto import tqdm
+
         out = []
-        for i in range(0, len(tokens), self.cfg.forward_batch_size):
+        starts = range(0, len(tokens), self.cfg.forward_batch_size)
+        for i in tqdm(starts, desc=desc, unit="batch", leave=False, disable=desc is None):
             x = self.lm.activations(tokens[i: i + self.cfg.forward_batch_size])
             out.append(x[:, 1:].reshape(-1, x.shape[-1]).float())
         return torch.cat(out)
@@ -74,7 +78,8 @@ class HFActivationSource(ActivationSource):
                             budget, len(self.train_tokens) * per_ctx)
             step = max(1, self.cfg.buffer_tokens // (2 * per_ctx))
             for i in range(0, len(order), step):
-                fresh = self._harvest(self.train_tokens[order[i: i + step]])
+                fresh = self._harvest(self.train_tokens[order[i: i + step]],
+                                      desc="harvesting first buffer" if buffer is None else None)
                 buffer = fresh if buffer is None else torch.cat([buffer, fresh])
                 if len(buffer) < self.cfg.buffer_tokens and i + step < len(order):
                     continue
@@ -90,7 +95,7 @@ class HFActivationSource(ActivationSource):
 
     def eval_batches(self, batch_size: int) -> Iterator[Tensor]:
         if self._eval_acts is None:
-            self._eval_acts = self._harvest(self.eval_tokens)
+            self._eval_acts = self._harvest(self.eval_tokens, desc="harvesting held-out split")
         yield from self._eval_acts.split(batch_size)
 
     def describe(self) -> dict:

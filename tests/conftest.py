@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny random GPT-2, GPT-NeoX and Llama models saved with ``save_pretrained`` and loaded back
+through the same ``from_pretrained`` path the framework uses (unit tests never load SmolLM2)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _word_tokenizer(path: Path):
+    """A word-level tokenizer trained on the embedded corpus in well under a second (no hub needed)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from saefw.embedded import load_corpus
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(load_corpus("factbook")[:400], trainers.WordLevelTrainer(
+        vocab_size=1500, special_tokens=["<|endoftext|>", "<bos>", "<unk>"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<|endoftext|>",
+                                   unk_token="<unk>")
+    fast.save_pretrained(path)
+    return fast
+
+
+def _build(kind: str, path: Path, n_layers: int = 4) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tok = _word_tokenizer(path)
+    ids = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    if kind == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(n_layer=n_layers, n_embd=32, n_head=4, n_positions=128, **ids))
+    elif kind == "neox":
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(num_hidden_layers=n_layers, hidden_size=32, num_attention_heads=4,
+                                                 intermediate_size=64, max_position_embeddings=128, **ids))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=n_layers, hidden_size=32, num_attention_heads=4,
+                                             num_key_value_heads=2, intermediate_size=64,
+                                             max_position_embeddings=128, **ids))
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {kind: _build(kind, root / kind) for kind in ("gpt2", "neox", "llama")}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_models) -> Path:
+    return tiny_models["llama"]
+
+
+def run_cli(*args: str, cwd: Path, timeout: int = 300, extra_path: Path | None = None) -> subprocess.CompletedProcess:
+    """The real CLI in a subprocess (as a user runs it); ``extra_path`` plays an installed site dir."""
+    path = os.pathsep.join(str(p) for p in (extra_path, REPO) if p)
+    env = {**os.environ, "PYTHONPATH": path, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    return subprocess.run([sys.executable, "-m", "saefw", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)

@@ -1,0 +1,54 @@
+"""loss_recovered against a manual splice written here with plain forward hooks."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from saefw.evals.base import run_evaluators
+from saefw.registry import build, discover
+from saefw.sources.base import RunSpec
+
+
+def test_loss_recovered_matches_manual_splice(tiny_models):
+    discover()
+    spec = RunSpec(model=str(tiny_models["gpt2"]), layer=1, site="resid_post", seed=0, total_tokens=1000)
+    src = build("source", {"name": "hf", "context_size": 12, "eval_contexts": 5}, spec=spec)
+    src.setup()
+    torch.manual_seed(0)
+    sae = build("arch", {"name": "l1"}, d_in=src.d_in, d_sae=64)
+    ev = build("evaluator", {"batch_contexts": 2}, name="loss_recovered")
+    out = run_evaluators(sae, src, [ev])
+
+    model, tok = src.lm.model, src.eval_tokens
+    block = model.transformer.h[1]
+
+    def forward(fn):
+        def hook(mod, args, output):
+            h = output[0] if isinstance(output, tuple) else output
+            h = h.clone()
+            h[:, 1:] = fn(h[:, 1:])
+            return (h, *output[1:]) if isinstance(output, tuple) else h
+        handle = block.register_forward_hook(hook)
+        with torch.no_grad():
+            logits = model(tok).logits
+        handle.remove()
+        return logits
+
+    def ce(logits):
+        return F.cross_entropy(logits[:, 1:-1].reshape(-1, logits.shape[-1]), tok[:, 2:].reshape(-1)).item()
+
+    clean = forward(lambda h: h)
+    with torch.no_grad():
+        spliced = forward(lambda h: sae.decode(sae.encode(h)))
+    zero = forward(torch.zeros_like)
+    c, s, z = ce(clean), ce(spliced), ce(zero)
+    assert out["ce_clean"] == pytest.approx(c, rel=1e-5)
+    assert out["ce_sae"] == pytest.approx(s, rel=1e-5)
+    assert out["ce_zero"] == pytest.approx(z, rel=1e-5)
+    # a random tiny model has ce_zero − ce_clean ≈ 0.1, so the ratio amplifies float32 summation order
+    assert out["ce_loss_recovered"] == pytest.approx((z - s) / (z - c), abs=2e-3)
+    assert out["ce_delta"] == pytest.approx(s - c, rel=1e-4, abs=1e-6)
+    lp, lq = F.log_softmax(clean[:, 1:-1], -1), F.log_softmax(spliced[:, 1:-1], -1)
+    kl = F.kl_div(lq, lp, log_target=True, reduction="none").sum(-1).mean().item()
+    assert out["kl_div"] == pytest.approx(kl, rel=1e-4)
+    # ce_clean/ce_zero are cached on the source and reused on the next evaluation
+    assert src._ce_baseline == (pytest.approx(c, rel=1e-5), pytest.approx(z, rel=1e-5))
