@@ -131,10 +131,29 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     trainer_kwargs = {"max_epochs": 1, "max_steps": total_steps, "default_root_dir": str(run_dir),
                       "num_sanity_val_steps": 0, "gradient_clip_val": None, **cfg.trainer}
     trainer = pl.Trainer(logger=loggers, callbacks=callbacks, **trainer_kwargs)
-    trainer.fit(module, datamodule=data)
+    provenance = {**source.describe(), "penalty": cfg.penalty.name,
+                  "penalty_config": OmegaConf.to_container(cfg.penalty, resolve=True), "seed": cfg.seed}
+    base_record = {"arch": cfg.arch.name, "penalty": cfg.penalty.name, "layer": cfg.layer, "site": cfg.site,
+                   "model": cfg.model, "source": cfg.source.name, "d_in": source.d_in, "d_sae": d_sae,
+                   "seed": cfg.seed}
+    try:
+        trainer.fit(module, datamodule=data)
+    except SystemExit:
+        # Lightning turns Ctrl-C into SystemExit after its own teardown: keep what was learned before leaving
+        if not trainer.interrupted:
+            raise
+        save_sae(sae, run_dir, provenance)
+        record = {**(history[-1] if history else {}), **base_record, "steps": trainer.global_step,
+                  "tokens": trainer.global_step * tc.batch_size, "interrupted": True,
+                  "wall_seconds": round(time.time() - t0, 1), "history": history}
+        (run_dir / "metrics.json").write_text(json.dumps(record, indent=2))
+        print(f"\ninterrupted at step {trainer.global_step}: SAE saved to {run_dir} "
+              f"(last checkpoint in {run_dir / 'checkpoints'})", flush=True)
+        raise SystemExit(130) from None
     train_seconds = time.time() - t0
 
-    sae.finalize_for_inference(iter(data.peek(tc.init_batches)))
+    # the init batches, scaled as in training: after fit the stream is spent, so peek() would hand out nothing
+    sae.finalize_for_inference(iter((head * scale).split(tc.batch_size)))
     metrics = run_evaluators(sae, source, evaluators, tc.eval_batch_size)
     log_metrics(loggers, metrics, trainer.global_step)
     for lg in loggers:
@@ -142,13 +161,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             lg.experiment.summary.update({k: v for k, v in _scalars(metrics).items()})
         lg.finalize("success")
 
-    provenance = {**source.describe(), "penalty": cfg.penalty.name,
-                  "penalty_config": OmegaConf.to_container(cfg.penalty, resolve=True), "seed": cfg.seed}
     save_sae(sae, run_dir, provenance)
-    record = {**_scalars(metrics), "arch": cfg.arch.name, "penalty": cfg.penalty.name, "layer": cfg.layer,
-              "site": cfg.site, "model": cfg.model, "source": cfg.source.name, "d_in": source.d_in,
-              "d_sae": d_sae, "seed": cfg.seed, "steps": trainer.global_step,
-              "tokens": trainer.global_step * tc.batch_size, "interrupted": bool(trainer.interrupted),
+    record = {**_scalars(metrics), **base_record, "steps": trainer.global_step,
+              "tokens": trainer.global_step * tc.batch_size, "interrupted": False,
               "wall_seconds": round(time.time() - t0, 1), "train_seconds": round(train_seconds, 1),
               "history": history}
     (run_dir / "metrics.json").write_text(json.dumps(record, indent=2))

@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from saefw.errors import SaefwError
 from saefw.evals.base import run_evaluators
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,11 @@ class SAEModule(pl.LightningModule):
         self.register_buffer("tokens_since_fired", torch.zeros(sae.d_sae, dtype=torch.long))
         self.register_buffer("coefficient", torch.tensor(float(penalty.cfg.coefficient)) if hasattr(
             penalty.cfg, "coefficient") else torch.tensor(0.0))
-        if self.unit_norm:
+        if self.unit_norm and not sae.unit_norm_decoder:
+            # the penalty (not the arch) demands unit rows: rescale, and keep the W_enc = W_decᵀ init tie
             sae.set_decoder_norm_to_unit_norm()
+            with torch.no_grad():
+                sae.W_enc.copy_(sae.W_dec.t())
 
     def current_coefficient(self) -> float:
         warm = getattr(self.penalty.cfg, "warmup_steps", 0)
@@ -81,8 +85,9 @@ class SAEModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         x = batch.float() * self.sae.input_scale
         if not torch.isfinite(x).all():
-            raise FloatingPointError(f"non-finite activations in training batch {batch_idx} "
-                                     f"({(~torch.isfinite(x)).sum().item()} values)")
+            raise SaefwError(f"non-finite activations (NaN/inf) in training batch {batch_idx} "
+                             f"({(~torch.isfinite(x)).sum().item()} values); checkpoints so far are kept in "
+                             f"{self.trainer.default_root_dir}/checkpoints")
         coeff = self.current_coefficient()
         out = self.sae.loss(x, self.penalty, coeff, dead_mask=self.dead_mask())
         with torch.no_grad():

@@ -1,0 +1,66 @@
+"""Gated SAE (Rajamanoharan et al. 2024): a gate decides which latents fire, a separate path sets how much."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from saefw.arch.base import SAE, LossOutput, SparsityInput
+from saefw.registry import register
+
+
+@dataclass
+class GatedConfig:
+    unit_norm_decoder: bool = False  # forced on when the penalty ignores decoder norms (penalty=l1)
+    init_decoder_norm: float = 0.1  # as l1: small decoder rows at init
+
+
+@register("arch", "gated", GatedConfig)
+class GatedSAE(SAE):
+    """π = (x − b_dec) W_enc + b_gate                      (gate pre-activations; W_enc [d_in, d_sae] is W_gate)
+    W_mag = exp(r_mag) ⊙ W_enc                             (r_mag [d_sae] rescales each latent's column)
+    f = 1[π > 0] ⊙ ReLU((x − b_dec) W_mag + b_mag);   x̂ = f W_dec + b_dec;
+    loss = ‖x − x̂‖² + λ·P(ReLU(π)) + ‖x − x̂_frozen‖²,   x̂_frozen = ReLU(π) sg(W_dec) + sg(b_dec).
+
+    The Heaviside gate has no gradient, so the gate path learns only from the sparsity penalty P (on ReLU(π))
+    and the auxiliary reconstruction, whose decoder is a stop-gradient copy so that it trains the gate alone.
+    Saved tensors (SAELens): W_enc, b_gate, r_mag, b_mag, W_dec, b_dec — no b_enc."""
+
+    default_penalty = "l1_decoder_norm"
+    allowed_penalties = ("l1", "l1_decoder_norm", "tanh")
+
+    def __init__(self, cfg: GatedConfig, d_in: int, d_sae: int):
+        super().__init__(cfg, d_in, d_sae)
+        self.unit_norm_decoder = cfg.unit_norm_decoder
+        w = torch.randn(d_sae, d_in)
+        w = w / w.norm(dim=-1, keepdim=True) * (1.0 if cfg.unit_norm_decoder else cfg.init_decoder_norm)
+        self.W_dec = nn.Parameter(w)
+        self.W_enc = nn.Parameter(w.t().clone())
+        self.b_gate = nn.Parameter(torch.zeros(d_sae))
+        self.r_mag = nn.Parameter(torch.zeros(d_sae))
+        self.b_mag = nn.Parameter(torch.zeros(d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+
+    def _pre_acts(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(π, magnitude pre-activations); both read W_enc·(x − b_dec) so fold_input_scale stays exact."""
+        centred = x - self.b_dec
+        pi_gate = centred @ self.W_enc + self.b_gate
+        pi_mag = centred @ (self.W_enc * torch.exp(self.r_mag)) + self.b_mag
+        return pi_gate, pi_mag
+
+    def _encode(self, x: Tensor) -> Tensor:
+        pi_gate, pi_mag = self._pre_acts(x)
+        return (pi_gate > 0).to(pi_mag.dtype) * torch.relu(pi_mag)
+
+    def loss(self, x, penalty, coefficient, dead_mask=None) -> LossOutput:
+        pi_gate, pi_mag = self._pre_acts(x)
+        f = (pi_gate > 0).to(pi_mag.dtype) * torch.relu(pi_mag)
+        x_hat = self._decode(f)
+        mse = (x_hat - x).pow(2).sum(-1).mean()
+        gate_acts = torch.relu(pi_gate)
+        sparsity = penalty(SparsityInput(acts=gate_acts, W_dec=self.W_dec))
+        x_hat_frozen = gate_acts @ self.W_dec.detach() + self.b_dec.detach()
+        aux = (x_hat_frozen - x).pow(2).sum(-1).mean()
+        return LossOutput(mse + coefficient * sparsity + aux, f,
+                          {"mse_loss": mse.detach(), "sparsity_loss": sparsity.detach(), "aux_loss": aux.detach()})

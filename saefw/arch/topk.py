@@ -1,0 +1,70 @@
+"""TopK SAE (Gao et al. 2024): sparsity set directly by keeping the k largest latents, no penalty needed."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from saefw.arch.base import SAE, LossOutput, SparsityInput, auxk_loss
+from saefw.errors import SaefwError
+from saefw.registry import register
+
+
+@dataclass
+class TopKConfig:
+    k: int = 32  # latents kept per token
+    k_aux: int | None = None  # dead latents the AuxK loss may use; None -> d_in // 2 (Gao et al.)
+    aux_coefficient: float = 1 / 32  # α
+
+
+@register("arch", "topk", TopKConfig)
+class TopKSAE(SAE):
+    """z = (x − b_dec) W_enc + b_enc;   f = ReLU(TopK_k(z))   (the k largest z_i per token kept, the rest 0);
+    x̂ = f W_dec + b_dec;
+    loss = ‖x − x̂‖² + α·AuxK(z, x − x̂)   (AuxK: the residual reconstructed from the top-k_aux dead latents).
+
+    Decoder rows are held at unit norm; W_enc is initialised as W_decᵀ. ``k`` is saved in the config."""
+
+    default_penalty = "none"
+    allowed_penalties = ("none",)
+    unit_norm_decoder = True
+
+    def __init__(self, cfg: TopKConfig, d_in: int, d_sae: int):
+        super().__init__(cfg, d_in, d_sae)
+        if not isinstance(cfg.k, int) or isinstance(cfg.k, bool) or not 1 <= cfg.k <= d_sae:
+            raise SaefwError(f"arch.k={cfg.k!r} is invalid for topk: it must be an integer in [1, d_sae={d_sae}]")
+        if cfg.k_aux is not None and (not isinstance(cfg.k_aux, int) or cfg.k_aux < 1):
+            raise SaefwError(f"arch.k_aux={cfg.k_aux!r} is invalid for topk: it must be a positive integer or null")
+        self.k = cfg.k
+        self.k_aux = cfg.k_aux if cfg.k_aux is not None else max(1, d_in // 2)
+        w = torch.randn(d_sae, d_in)
+        w = w / w.norm(dim=-1, keepdim=True)
+        self.W_dec = nn.Parameter(w)
+        self.W_enc = nn.Parameter(w.t().clone())
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        return (x - self.b_dec) @ self.W_enc + self.b_enc
+
+    def topk_acts(self, z: Tensor) -> Tensor:
+        # ReLU after selection, so a token whose k-th largest z is negative fires fewer than k latents
+        # rather than picking up latents that would have been negative anyway.
+        vals, idx = z.topk(self.k, dim=-1)
+        return torch.zeros_like(z).scatter(-1, idx, torch.relu(vals))
+
+    def _encode(self, x: Tensor) -> Tensor:
+        return self.topk_acts(self.pre_acts(x))
+
+    def loss(self, x, penalty, coefficient, dead_mask=None) -> LossOutput:
+        z = self.pre_acts(x)
+        f = self.topk_acts(z)
+        x_hat = self._decode(f)
+        mse = (x_hat - x).pow(2).sum(-1).mean()
+        aux = auxk_loss(z, x - x_hat, self.W_dec, dead_mask, self.k_aux)
+        # penalty is "none" for topk; called anyway so every arch trains through the same interface
+        sparsity = torch.as_tensor(penalty(SparsityInput(acts=f, W_dec=self.W_dec)), dtype=z.dtype, device=z.device)
+        loss = mse + self.cfg.aux_coefficient * aux + coefficient * sparsity
+        return LossOutput(loss, f, {"mse_loss": mse.detach(), "aux_loss": aux.detach(),
+                                    "sparsity_loss": sparsity.detach()})
