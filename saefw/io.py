@@ -61,4 +61,4 @@ def load_sae(folder: Path, device: str = "cpu"):
     if missing:
         raise SaefwError(f"{folder / WEIGHTS} lacks tensors {sorted(missing)} for arch={arch}")
     sae.load_state_dict(tensors, strict=False)
-    return sae.to(device)
+    return sae.to(device).eval()

@@ -1,0 +1,125 @@
+"""BatchTopK SAE (Bussmann et al. 2024): TopK over the whole batch in training, a fixed threshold at inference."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from saefw.arch.base import SAE, LossOutput, SparsityInput, auxk_loss
+from saefw.errors import SaefwError
+from saefw.registry import register
+
+
+@dataclass
+class BatchTopKConfig:
+    k: int = 32  # mean latents kept per token (k·B per batch of B tokens)
+    k_aux: int | None = None  # dead latents the AuxK loss may use; None -> d_in // 2 (Gao et al.)
+    aux_coefficient: float = 1 / 32  # α
+    # weight of the newest batch in the training-time threshold estimate once past 1/threshold_ema steps
+    # (before that it is the plain running mean, so early batches are not swamped by an arbitrary start value)
+    threshold_ema: float = 0.01
+
+
+@register("arch", "batchtopk", BatchTopKConfig)
+class BatchTopKSAE(SAE):
+    """z = (x − b_dec) W_enc + b_enc;   x̂ = f W_dec + b_dec;
+    training (``module.train()``): f = BatchTopK_{k·B}(ReLU(z)), the k·B largest entries of the whole
+    [B, d_sae] batch kept and the rest zeroed, so tokens get uneven counts averaging k;
+    inference (``module.eval()``): f = ReLU(z) ⊙ 1[z > θ] with one global θ (saved as ``threshold`` [d_sae],
+    every entry equal, as SAELens' JumpReLU reads it);
+    loss = ‖x − x̂‖² + α·AuxK(z, x − x̂).
+
+    θ is estimated during training as the running mean (then EMA) of the smallest kept positive activation per
+    batch (Bussmann et al.), and refit by ``finalize_for_inference``: on the given batches θ is set midway between
+    the (k·N)-th and (k·N+1)-th largest positive pre-activation over all N tokens, so the inference rule keeps
+    exactly k·N latents there — mean L0 = k on that data, by construction rather than by an estimate.
+
+    Decoder rows are held at unit norm; W_enc is initialised as W_decᵀ."""
+
+    default_penalty = "none"
+    allowed_penalties = ("none",)
+    unit_norm_decoder = True
+
+    def __init__(self, cfg: BatchTopKConfig, d_in: int, d_sae: int):
+        super().__init__(cfg, d_in, d_sae)
+        if not isinstance(cfg.k, int) or isinstance(cfg.k, bool) or not 1 <= cfg.k <= d_sae:
+            raise SaefwError(f"arch.k={cfg.k!r} is invalid for batchtopk: it must be an integer in [1, d_sae={d_sae}]")
+        if cfg.k_aux is not None and (not isinstance(cfg.k_aux, int) or cfg.k_aux < 1):
+            raise SaefwError(f"arch.k_aux={cfg.k_aux!r} is invalid for batchtopk: it must be a positive integer or null")
+        if not 0 < cfg.threshold_ema <= 1:
+            raise SaefwError(f"arch.threshold_ema={cfg.threshold_ema!r} must be in (0, 1]")
+        self.k = cfg.k
+        self.k_aux = cfg.k_aux if cfg.k_aux is not None else max(1, d_in // 2)
+        w = torch.randn(d_sae, d_in)
+        w = w / w.norm(dim=-1, keepdim=True)
+        self.W_dec = nn.Parameter(w)
+        self.W_enc = nn.Parameter(w.t().clone())
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        # 0 until the first training batch: an untrained SAE in eval mode is then plain ReLU
+        self.register_buffer("threshold", torch.zeros(d_sae))
+        self.threshold_updates = 0  # batches averaged into θ so far (not saved: only steers the running mean)
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        return (x - self.b_dec) @ self.W_enc + self.b_enc
+
+    def batch_topk(self, z: Tensor) -> Tensor:
+        """Keep the k·B largest entries of ReLU(z) [B, d_sae] over the whole batch, zero the rest."""
+        acts = torch.relu(z)
+        flat = acts.reshape(-1)
+        n_keep = min(self.k * acts.shape[0], flat.numel())
+        vals, idx = flat.topk(n_keep, sorted=False)
+        return torch.zeros_like(flat).scatter(0, idx, vals).view_as(acts)
+
+    def threshold_acts(self, z: Tensor) -> Tensor:
+        return torch.relu(z) * (z > self.threshold).to(z.dtype)
+
+    def _encode(self, x: Tensor) -> Tensor:
+        z = self.pre_acts(x)
+        return self.batch_topk(z) if self.training else self.threshold_acts(z)
+
+    @torch.no_grad()
+    def _update_threshold(self, f: Tensor) -> None:
+        kept = f[f > 0]
+        if kept.numel() == 0:
+            return
+        self.threshold_updates += 1
+        rate = max(1.0 / self.threshold_updates, self.cfg.threshold_ema)
+        self.threshold.lerp_(kept.min().float().expand_as(self.threshold), rate)
+
+    def loss(self, x, penalty, coefficient, dead_mask=None) -> LossOutput:
+        z = self.pre_acts(x)
+        f = self.batch_topk(z)
+        self._update_threshold(f)
+        x_hat = self._decode(f)
+        mse = (x_hat - x).pow(2).sum(-1).mean()
+        aux = auxk_loss(z, x - x_hat, self.W_dec, dead_mask, self.k_aux)
+        # penalty is "none" for batchtopk; called anyway so every arch trains through the same interface
+        sparsity = torch.as_tensor(penalty(SparsityInput(acts=f, W_dec=self.W_dec)), dtype=z.dtype, device=z.device)
+        loss = mse + self.cfg.aux_coefficient * aux + coefficient * sparsity
+        return LossOutput(loss, f, {"mse_loss": mse.detach(), "aux_loss": aux.detach(),
+                                    "sparsity_loss": sparsity.detach()})
+
+    @torch.no_grad()
+    def finalize_for_inference(self, batches) -> None:
+        """Refit θ on ``batches`` (scaled activations [B, d_in]) so that the inference rule's mean L0 is k there.
+
+        The k·N largest positive pre-activations over all N tokens are the ones to keep; only a running top-(k·N)
+        candidate set is held (so memory is O(k·N), not O(N·d_sae)). With no batches, the training estimate stays."""
+        batches = [b for b in batches if b.numel()]
+        if not batches:
+            return
+        device = self.W_enc.device
+        n_keep = self.k * sum(len(b) for b in batches) + 1  # one more: θ goes between the last kept and the next
+        top = torch.empty(0, device=device)
+        for b in batches:
+            z = torch.relu(self.pre_acts(b.to(device, self.W_enc.dtype))).float().reshape(-1)
+            top = torch.cat([top, z.topk(min(n_keep, z.numel())).values])
+            top = top.topk(min(n_keep, top.numel())).values
+        if top.numel() < n_keep:  # fewer candidates than k·N + 1 at all (tiny d_sae): keep every positive one
+            theta = 0.0
+        else:
+            last_kept, first_dropped = top[-2].item(), top[-1].item()
+            theta = (last_kept + first_dropped) / 2  # strict z > θ keeps last_kept, drops first_dropped
+        self.threshold.fill_(theta)

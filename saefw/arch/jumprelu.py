@@ -1,0 +1,152 @@
+"""JumpReLU SAE (Rajamanoharan et al. 2024, "Jumping Ahead"): a learned per-latent threshold, trained with
+straight-through pseudo-gradients and a direct L0 penalty."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from saefw.arch.base import SAE, LossOutput, SparsityInput
+from saefw.registry import register
+
+
+def rectangle(u: Tensor) -> Tensor:
+    """The rectangle kernel K(u) = 1[|u| ≤ 1/2]."""
+    return (u.abs() <= 0.5).to(u.dtype)
+
+
+class JumpReLUFn(torch.autograd.Function):
+    """y = z · H(z − θ).
+
+    Backward (the paper's eq. 11): ∂y/∂z = H(z − θ) (the ordinary gradient; the jump itself is ignored), and the
+    pseudo-derivative ∂y/∂θ = −(θ/ε)·K((z − θ)/ε), a kernel estimate of the jump of height θ at z = θ."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(z, theta)
+        ctx.bandwidth = bandwidth
+        return z * (z > theta).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        z, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_z = grad_out * (z > theta).to(grad_out.dtype)
+        # θ is fp32; do the kernel arithmetic there so bf16 pre-activations do not blur the window edges
+        zf, gf = z.float(), grad_out.float()
+        grad_theta = -(theta / eps) * rectangle((zf - theta) / eps) * gf
+        grad_theta = grad_theta.reshape(-1, theta.shape[-1]).sum(0)
+        return grad_z, grad_theta, None
+
+
+class StepFn(torch.autograd.Function):
+    """y = H(z − θ).
+
+    Backward (the paper's eq. 12): no gradient to z (so the L0 term only moves thresholds, never the encoder),
+    and ∂y/∂θ = −(1/ε)·K((z − θ)/ε)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
+        ctx.save_for_backward(z, theta)
+        ctx.bandwidth = bandwidth
+        return (z > theta).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        z, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        grad_theta = -(1.0 / eps) * rectangle((z.float() - theta) / eps) * grad_out.float()
+        return None, grad_theta.reshape(-1, theta.shape[-1]).sum(0), None
+
+
+def jumprelu(z: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
+    return JumpReLUFn.apply(z, theta, bandwidth)
+
+
+def step(z: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
+    return StepFn.apply(z, theta, bandwidth)
+
+
+@dataclass
+class JumpReLUConfig:
+    # ε and the initial θ, both in the paper's units (activations scaled so E‖x‖² = 1: ε = θ₀ = 0.001).
+    # This framework scales activations so E‖x‖ = √d_in, i.e. √d_in times larger; pre-activations and
+    # thresholds are linear in x, so the SAE multiplies both by √d_in (ε = 0.024 at d_in = 576). This keeps the
+    # paper's ε/θ and ε/z ratios, hence its training dynamics, at every width.
+    bandwidth: float = 0.001
+    init_threshold: float = 0.001
+    init_decoder_norm: float = 0.1  # as l1: small decoder rows at init, W_enc = W_decᵀ
+
+
+def _save_threshold(module, state_dict, prefix, local_metadata):
+    # the saved (SAELens) tensor is the threshold itself; log_threshold is only the training parametrisation
+    state_dict[prefix + "threshold"] = state_dict.pop(prefix + "log_threshold").exp()
+
+
+def _load_threshold(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    if prefix + "threshold" in state_dict:
+        th = state_dict.pop(prefix + "threshold").float()
+        state_dict[prefix + "log_threshold"] = th.clamp_min(torch.finfo(torch.float32).tiny).log()
+
+
+@register("arch", "jumprelu", JumpReLUConfig)
+class JumpReLUSAE(SAE):
+    """z = (x − b_dec) W_enc + b_enc;   f = JumpReLU_θ(z) = z ⊙ H(z − θ);   x̂ = f W_dec + b_dec;
+    loss = ‖x − x̂‖² + λ·P,   P = E[‖f‖₀] = E[Σ_i H(z_i − θ_i)] by default (penalty=l0).
+
+    θ = exp(log_threshold) > 0 per latent, an fp32 parameter (log-parametrised so Adam's steps are relative to
+    θ's own size). H has zero gradient almost everywhere, so training uses straight-through pseudo-gradients
+    with the rectangle kernel K(u) = 1[|u| ≤ 1/2] of bandwidth ε:
+        ∂JumpReLU/∂θ = −(θ/ε)·K((z − θ)/ε),   ∂H/∂θ = −(1/ε)·K((z − θ)/ε),
+    z gets the ordinary gradient H(z − θ) through JumpReLU and none through H.
+
+    Saved tensors: W_enc, W_dec, b_enc, b_dec and ``threshold`` (= θ, SAELens name)."""
+
+    default_penalty = "l0"
+    allowed_penalties = ("l0", "tanh", "l1_decoder_norm")
+    unit_norm_decoder = False  # L0 and the decoder-norm-weighted penalties are invariant to f ↔ W_dec rescaling
+
+    def __init__(self, cfg: JumpReLUConfig, d_in: int, d_sae: int):
+        super().__init__(cfg, d_in, d_sae)
+        unit = math.sqrt(d_in)  # paper units → ours (see JumpReLUConfig)
+        self.bandwidth = cfg.bandwidth * unit
+        w = torch.randn(d_sae, d_in)
+        w = w / w.norm(dim=-1, keepdim=True) * cfg.init_decoder_norm
+        self.W_dec = nn.Parameter(w)
+        self.W_enc = nn.Parameter(w.t().clone())
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.log_threshold = nn.Parameter(torch.full((d_sae,), math.log(cfg.init_threshold * unit)))
+        self.register_state_dict_post_hook(_save_threshold)
+        self.register_load_state_dict_pre_hook(_load_threshold)
+
+    def _apply(self, fn, recurse=True):
+        # keep θ in fp32 under .half()/.to(bfloat16): a bf16 θ has 3 significant digits, coarser than ε
+        super()._apply(fn, recurse)
+        if self.log_threshold.dtype != torch.float32:
+            self.log_threshold.data = self.log_threshold.data.float()
+        return self
+
+    @property
+    def threshold(self) -> Tensor:
+        return self.log_threshold.exp()
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        return (x - self.b_dec) @ self.W_enc + self.b_enc
+
+    def _encode(self, x: Tensor) -> Tensor:
+        z = self.pre_acts(x)
+        return z * (z > self.threshold).to(z.dtype)
+
+    def loss(self, x, penalty, coefficient, dead_mask=None) -> LossOutput:
+        z = self.pre_acts(x)
+        theta = self.threshold
+        f = jumprelu(z, theta, self.bandwidth)
+        x_hat = self._decode(f)
+        mse = (x_hat - x).pow(2).sum(-1).mean()
+        l0 = step(z, theta, self.bandwidth).sum(-1)
+        sparsity = penalty(SparsityInput(acts=f, W_dec=self.W_dec, l0=l0))
+        return LossOutput(mse + coefficient * sparsity, f,
+                          {"mse_loss": mse.detach(), "sparsity_loss": sparsity.detach()})
