@@ -62,7 +62,7 @@ class TopKSAE(SAE):
         f = self.topk_acts(z)
         x_hat = self._decode(f)
         mse = (x_hat - x).pow(2).sum(-1).mean()
-        aux = auxk_loss(z, x - x_hat, self.W_dec, dead_mask, self.k_aux)
+        aux = auxk_loss(z, x, x_hat, self.W_dec, dead_mask, self.k_aux)
         # penalty is "none" for topk; called anyway so every arch trains through the same interface
         sparsity = torch.as_tensor(penalty(SparsityInput(acts=f, W_dec=self.W_dec)), dtype=z.dtype, device=z.device)
         loss = mse + self.cfg.aux_coefficient * aux + coefficient * sparsity

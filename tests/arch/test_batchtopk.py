@@ -55,7 +55,7 @@ def test_aux_loss_with_dead_latents():
     out = sae.loss(x, _penalty(), 0.0, dead_mask=dead)
     z = sae.pre_acts(x)
     x_hat = sae.decode(out.f)
-    aux = auxk_loss(z, x - x_hat, sae.W_dec, dead, 3)
+    aux = auxk_loss(z, x, x_hat, sae.W_dec, dead, 3)
     assert aux.item() > 0
     assert out.terms["aux_loss"].item() == pytest.approx(aux.item())
     assert out.loss.item() == pytest.approx(out.terms["mse_loss"].item() + aux.item() / 32)

@@ -78,7 +78,8 @@ def test_auxk_uses_only_dead_latents():
     #   -> ê = .3·W3 + .2·W6 = [0, 0, .1, .4]
     # ‖e − ê‖² = .25 + .25 + 2.25 = 2.75 and .09 + .01 = .1 -> mean 1.425
     # ‖e − ē‖² = ‖e0 − e1‖²/4 = (.49 + 1.69)/4 = .545 for both tokens
-    aux = 1.425 / 0.545
+    # V_x = ‖x − x̄‖² = ‖x0 − x1‖²/4 = (1 + 4 + .49 + 1.69)/4 = 1.795 for both tokens
+    aux = 1.795 * 1.425 / 0.545
     mse = (1.25 + 0.13) / 2
     assert out.terms["aux_loss"].item() == pytest.approx(aux, rel=1e-9)
     assert out.terms["mse_loss"].item() == pytest.approx(mse, rel=1e-9)
@@ -92,7 +93,7 @@ def test_auxk_uses_only_dead_latents():
     for row in (2, 4, 5):
         assert not g[row].any(), row
     # only token 0 uses W7, with weight 1: ∂(α·num/den)/∂W7 = α/den · (ê0 − e0)
-    torch.testing.assert_close(g[7], ALPHA / 0.545 * torch.tensor([0.5, 0.0, -0.5, 1.5], dtype=torch.float64))
+    torch.testing.assert_close(g[7], ALPHA * 1.795 / 0.545 * torch.tensor([0.5, 0.0, -0.5, 1.5], dtype=torch.float64))
     # the encoder columns of dead latents learn from AuxK too; those of ineligible latents do not
     for col in (3, 6, 7):
         assert sae.W_enc.grad[:, col].abs().sum() > 0, col
