@@ -151,6 +151,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
               f"(last checkpoint in {run_dir / 'checkpoints'})", flush=True)
         raise SystemExit(130) from None
     train_seconds = time.time() - t0
+    sae.to(trainer.strategy.root_device)  # Lightning's teardown moved it to CPU; evaluate where it trained
 
     # the init batches, scaled as in training: after fit the stream is spent, so peek() would hand out nothing
     sae.finalize_for_inference(iter((head * scale).split(tc.batch_size)))

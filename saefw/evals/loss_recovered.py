@@ -3,6 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from saefw.evals.base import Evaluator
 from saefw.registry import register
@@ -38,7 +39,8 @@ class LossRecoveredEvaluator(Evaluator):
 
         ce_clean = ce_sae = ce_zero = kl = 0.0
         n = 0
-        for tb in tokens.split(self.cfg.batch_contexts):
+        batches = tokens.split(self.cfg.batch_contexts)
+        for tb in tqdm(batches, desc="ce_loss_recovered", unit="batch", leave=False):
             clean = lm.logits(tb)
             spliced = lm.logits(tb, replace=reconstruct)
             ce_clean += next_token_ce(clean, tb).sum().item()
