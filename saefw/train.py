@@ -116,7 +116,7 @@ class SAEModule(pl.LightningModule):
 
     def configure_optimizers(self):
         t = self.tcfg
-        opt = torch.optim.Adam(self.sae.parameters(), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2))
+        opt = torch.optim.Adam(self.sae.param_groups(t.lr), lr=t.lr, betas=(t.adam_beta1, t.adam_beta2))
         decay_start = int(self.total_steps * (1 - t.lr_decay_fraction))
 
         def factor(step):

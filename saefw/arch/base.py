@@ -99,6 +99,10 @@ class SAE(nn.Module):
         unit = w / w.norm(dim=-1, keepdim=True).clamp_min(1e-8)
         g.sub_((g * unit).sum(-1, keepdim=True) * unit)
 
+    def param_groups(self, lr: float) -> list[dict]:
+        """Optimizer parameter groups; an arch overrides this to give some parameters their own learning rate."""
+        return [{"params": list(self.parameters()), "lr": lr}]
+
     def finalize_for_inference(self, batches) -> None:
         """Called once after training with an iterator of scaled training batches (batchtopk fits its threshold)."""
 

@@ -71,13 +71,16 @@ def step(z: Tensor, theta: Tensor, bandwidth: float) -> Tensor:
 
 @dataclass
 class JumpReLUConfig:
-    # ε and the initial θ, both in the paper's units (activations scaled so E‖x‖² = 1: ε = θ₀ = 0.001).
-    # This framework scales activations so E‖x‖ = √d_in, i.e. √d_in times larger; pre-activations and
-    # thresholds are linear in x, so the SAE multiplies both by √d_in (ε = 0.024 at d_in = 576). This keeps the
-    # paper's ε/θ and ε/z ratios, hence its training dynamics, at every width.
-    bandwidth: float = 0.001
-    init_threshold: float = 0.001
+    # ε and the initial θ in "unit-norm" units (activations scaled so E‖x‖² = 1, as in the paper); the SAE
+    # multiplies both by √d_in because this framework scales activations so E‖x‖ = √d_in. The paper uses 0.001
+    # for both over 100k+ steps; 10x larger (0.24 at d_in = 576) lets thresholds reach useful values within the
+    # few hundred steps of a CPU run (SmolLM2 layer 6, 300k tokens: L0 80, EV 0.91; synthetic: mmcs ≥ 0.95).
+    bandwidth: float = 0.01
+    init_threshold: float = 0.01
     init_decoder_norm: float = 0.1  # as l1: small decoder rows at init, W_enc = W_decᵀ
+    # Adam moves log θ by about lr per step, so at lr 1e-3 θ can grow at most e^0.3 ≈ 1.35x in 300 steps: far
+    # too slow for runs of hundreds (not the paper's 100k+) of steps. θ gets lr × this factor.
+    threshold_lr_scale: float = 20.0
 
 
 def _save_threshold(module, state_dict, prefix, local_metadata):
@@ -128,6 +131,10 @@ class JumpReLUSAE(SAE):
         if self.log_threshold.dtype != torch.float32:
             self.log_threshold.data = self.log_threshold.data.float()
         return self
+
+    def param_groups(self, lr: float) -> list[dict]:
+        rest = [p for name, p in self.named_parameters() if name != "log_threshold"]
+        return [{"params": rest, "lr": lr}, {"params": [self.log_threshold], "lr": lr * self.cfg.threshold_lr_scale}]
 
     @property
     def threshold(self) -> Tensor:

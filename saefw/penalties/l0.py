@@ -10,7 +10,8 @@ from saefw.registry import register
 
 @dataclass
 class L0PenaltyConfig(PenaltyConfig):
-    pass
+    # λ per active latent, against ‖x − x̂‖² of activations scaled to E‖x‖² ≈ d_in (SmolLM2 layer 6: L0 ≈ 80)
+    coefficient: float = 0.5
 
 
 @register("penalty", "l0", L0PenaltyConfig)

@@ -8,7 +8,8 @@ from saefw.registry import register
 
 @dataclass
 class L1PenaltyConfig(PenaltyConfig):
-    pass
+    # tuned on SmolLM2 layer 6 with 300k tokens: λ = 5 left L0 ≈ 200, λ = 10 gives L0 ≈ 55 at EV ≈ 0.70
+    coefficient: float = 10.0
 
 
 @register("penalty", "l1", L1PenaltyConfig)

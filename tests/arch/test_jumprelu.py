@@ -87,12 +87,21 @@ def test_l0_penalty_moves_only_thresholds_through_the_module():
 def test_defaults_scale_paper_units_by_sqrt_d_and_theta_stays_fp32():
     discover()
     sae = build("arch", {"name": "jumprelu"}, d_in=16, d_sae=8)
-    assert sae.bandwidth == pytest.approx(0.004)  # 0.001·√16
-    torch.testing.assert_close(sae.threshold.detach(), torch.full((8,), 0.004))
+    assert sae.bandwidth == pytest.approx(0.04)  # 0.01·√16
+    torch.testing.assert_close(sae.threshold.detach(), torch.full((8,), 0.04))
     torch.testing.assert_close(sae.W_enc, sae.W_dec.t())
     torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.full((8,), 0.1))
     sae = sae.to(torch.bfloat16)
     assert sae.W_enc.dtype == torch.bfloat16 and sae.log_threshold.dtype == torch.float32
+
+
+def test_threshold_has_its_own_learning_rate():
+    discover()
+    sae = build("arch", {"name": "jumprelu", "threshold_lr_scale": 20.0}, d_in=4, d_sae=8)
+    groups = sae.param_groups(1e-3)
+    assert [len(g["params"]) for g in groups] == [4, 1]
+    assert groups[1]["params"][0] is sae.log_threshold and groups[1]["lr"] == pytest.approx(2e-2)
+    assert groups[0]["lr"] == 1e-3
 
 
 def test_save_load_roundtrip_with_input_scale(tmp_path):
