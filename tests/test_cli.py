@@ -2,7 +2,6 @@
 import json
 import textwrap
 
-import torch
 
 from conftest import run_cli
 

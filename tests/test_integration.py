@@ -1,7 +1,6 @@
 """The real embedded default model (SmolLM2-135M-Instruct) through the real CLI, on a small budget."""
 import importlib.util
 import json
-import os
 
 import pytest
 

@@ -46,6 +46,20 @@ class SAE(nn.Module):
         self.cfg, self.d_in, self.d_sae = cfg, d_in, d_sae
         self.register_buffer("input_scale", torch.tensor(1.0))
 
+    def init_tied_weights(self, decoder_norm: float, encoder_bias: bool = True) -> None:
+        """W_dec: random rows of norm ``decoder_norm``; W_enc = W_decᵀ; zero b_dec (and b_enc)."""
+        w = torch.randn(self.d_sae, self.d_in)
+        w = w / w.norm(dim=-1, keepdim=True) * decoder_norm
+        self.W_dec = nn.Parameter(w)
+        self.W_enc = nn.Parameter(w.t().clone())
+        if encoder_bias:
+            self.b_enc = nn.Parameter(torch.zeros(self.d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(self.d_in))
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        """z = (x − b_dec) W_enc + b_enc."""
+        return (x - self.b_dec) @ self.W_enc + self.b_enc
+
     # --- the interface used by everything outside training ---
     def encode(self, x: Tensor) -> Tensor:
         return self._encode(x * self.input_scale)

@@ -4,9 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from saefw.arch.base import SAE, LossOutput, SparsityInput, auxk_loss
+from saefw.arch.topk import resolve_k
 from saefw.errors import SaefwError
 from saefw.registry import register
 
@@ -43,26 +44,13 @@ class BatchTopKSAE(SAE):
 
     def __init__(self, cfg: BatchTopKConfig, d_in: int, d_sae: int):
         super().__init__(cfg, d_in, d_sae)
-        if not isinstance(cfg.k, int) or isinstance(cfg.k, bool) or not 1 <= cfg.k <= d_sae:
-            raise SaefwError(f"arch.k={cfg.k!r} is invalid for batchtopk: it must be an integer in [1, d_sae={d_sae}]")
-        if cfg.k_aux is not None and (not isinstance(cfg.k_aux, int) or cfg.k_aux < 1):
-            raise SaefwError(f"arch.k_aux={cfg.k_aux!r} is invalid for batchtopk: it must be a positive integer or null")
+        self.k, self.k_aux = resolve_k("batchtopk", cfg.k, cfg.k_aux, d_in, d_sae)
         if not 0 < cfg.threshold_ema <= 1:
             raise SaefwError(f"arch.threshold_ema={cfg.threshold_ema!r} must be in (0, 1]")
-        self.k = cfg.k
-        self.k_aux = cfg.k_aux if cfg.k_aux is not None else max(1, d_in // 2)
-        w = torch.randn(d_sae, d_in)
-        w = w / w.norm(dim=-1, keepdim=True)
-        self.W_dec = nn.Parameter(w)
-        self.W_enc = nn.Parameter(w.t().clone())
-        self.b_enc = nn.Parameter(torch.zeros(d_sae))
-        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.init_tied_weights(1.0)
         # 0 until the first training batch: an untrained SAE in eval mode is then plain ReLU
         self.register_buffer("threshold", torch.zeros(d_sae))
         self.threshold_updates = 0  # batches averaged into θ so far (not saved: only steers the running mean)
-
-    def pre_acts(self, x: Tensor) -> Tensor:
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
 
     def batch_topk(self, z: Tensor) -> Tensor:
         """Keep the k·B largest entries of ReLU(z) [B, d_sae] over the whole batch, zero the rest."""

@@ -33,14 +33,10 @@ class GatedSAE(SAE):
     def __init__(self, cfg: GatedConfig, d_in: int, d_sae: int):
         super().__init__(cfg, d_in, d_sae)
         self.unit_norm_decoder = cfg.unit_norm_decoder
-        w = torch.randn(d_sae, d_in)
-        w = w / w.norm(dim=-1, keepdim=True) * (1.0 if cfg.unit_norm_decoder else cfg.init_decoder_norm)
-        self.W_dec = nn.Parameter(w)
-        self.W_enc = nn.Parameter(w.t().clone())
+        self.init_tied_weights(1.0 if cfg.unit_norm_decoder else cfg.init_decoder_norm, encoder_bias=False)
         self.b_gate = nn.Parameter(torch.zeros(d_sae))
         self.r_mag = nn.Parameter(torch.zeros(d_sae))
         self.b_mag = nn.Parameter(torch.zeros(d_sae))
-        self.b_dec = nn.Parameter(torch.zeros(d_in))
 
     def _pre_acts(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(π, magnitude pre-activations); both read W_enc·(x − b_dec) so fold_input_scale stays exact."""

@@ -115,12 +115,7 @@ class JumpReLUSAE(SAE):
         super().__init__(cfg, d_in, d_sae)
         unit = math.sqrt(d_in)  # paper units → ours (see JumpReLUConfig)
         self.bandwidth = cfg.bandwidth * unit
-        w = torch.randn(d_sae, d_in)
-        w = w / w.norm(dim=-1, keepdim=True) * cfg.init_decoder_norm
-        self.W_dec = nn.Parameter(w)
-        self.W_enc = nn.Parameter(w.t().clone())
-        self.b_enc = nn.Parameter(torch.zeros(d_sae))
-        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.init_tied_weights(cfg.init_decoder_norm)
         self.log_threshold = nn.Parameter(torch.full((d_sae,), math.log(cfg.init_threshold * unit)))
         self.register_state_dict_post_hook(_save_threshold)
         self.register_load_state_dict_pre_hook(_load_threshold)
@@ -139,9 +134,6 @@ class JumpReLUSAE(SAE):
     @property
     def threshold(self) -> Tensor:
         return self.log_threshold.exp()
-
-    def pre_acts(self, x: Tensor) -> Tensor:
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
 
     def _encode(self, x: Tensor) -> Tensor:
         z = self.pre_acts(x)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from saefw.arch.base import SAE, LossOutput, SparsityInput
 from saefw.registry import register
@@ -26,15 +26,7 @@ class L1SAE(SAE):
     def __init__(self, cfg: L1Config, d_in: int, d_sae: int):
         super().__init__(cfg, d_in, d_sae)
         self.unit_norm_decoder = cfg.unit_norm_decoder
-        w = torch.randn(d_sae, d_in)
-        w = w / w.norm(dim=-1, keepdim=True) * (1.0 if cfg.unit_norm_decoder else cfg.init_decoder_norm)
-        self.W_dec = nn.Parameter(w)
-        self.W_enc = nn.Parameter(w.t().clone())
-        self.b_enc = nn.Parameter(torch.zeros(d_sae))
-        self.b_dec = nn.Parameter(torch.zeros(d_in))
-
-    def pre_acts(self, x: Tensor) -> Tensor:
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        self.init_tied_weights(1.0 if cfg.unit_norm_decoder else cfg.init_decoder_norm)
 
     def _encode(self, x: Tensor) -> Tensor:
         return torch.relu(self.pre_acts(x))

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from saefw.arch.base import SAE, LossOutput, SparsityInput, auxk_loss
 from saefw.errors import SaefwError
@@ -16,6 +16,15 @@ class TopKConfig:
     k: int = 32  # latents kept per token
     k_aux: int | None = None  # dead latents the AuxK loss may use; None -> d_in // 2 (Gao et al.)
     aux_coefficient: float = 1 / 32  # α
+
+
+def resolve_k(arch: str, k, k_aux, d_in: int, d_sae: int) -> tuple[int, int]:
+    """Validated (k, k_aux) for the top-k archs; k_aux defaults to d_in // 2 (Gao et al.)."""
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= d_sae:
+        raise SaefwError(f"arch.k={k!r} is invalid for {arch}: it must be an integer in [1, d_sae={d_sae}]")
+    if k_aux is not None and (not isinstance(k_aux, int) or k_aux < 1):
+        raise SaefwError(f"arch.k_aux={k_aux!r} is invalid for {arch}: it must be a positive integer or null")
+    return k, k_aux if k_aux is not None else max(1, d_in // 2)
 
 
 @register("arch", "topk", TopKConfig)
@@ -32,21 +41,8 @@ class TopKSAE(SAE):
 
     def __init__(self, cfg: TopKConfig, d_in: int, d_sae: int):
         super().__init__(cfg, d_in, d_sae)
-        if not isinstance(cfg.k, int) or isinstance(cfg.k, bool) or not 1 <= cfg.k <= d_sae:
-            raise SaefwError(f"arch.k={cfg.k!r} is invalid for topk: it must be an integer in [1, d_sae={d_sae}]")
-        if cfg.k_aux is not None and (not isinstance(cfg.k_aux, int) or cfg.k_aux < 1):
-            raise SaefwError(f"arch.k_aux={cfg.k_aux!r} is invalid for topk: it must be a positive integer or null")
-        self.k = cfg.k
-        self.k_aux = cfg.k_aux if cfg.k_aux is not None else max(1, d_in // 2)
-        w = torch.randn(d_sae, d_in)
-        w = w / w.norm(dim=-1, keepdim=True)
-        self.W_dec = nn.Parameter(w)
-        self.W_enc = nn.Parameter(w.t().clone())
-        self.b_enc = nn.Parameter(torch.zeros(d_sae))
-        self.b_dec = nn.Parameter(torch.zeros(d_in))
-
-    def pre_acts(self, x: Tensor) -> Tensor:
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        self.k, self.k_aux = resolve_k("topk", cfg.k, cfg.k_aux, d_in, d_sae)
+        self.init_tied_weights(1.0)
 
     def topk_acts(self, z: Tensor) -> Tensor:
         # ReLU after selection, so a token whose k-th largest z is negative fires fewer than k latents

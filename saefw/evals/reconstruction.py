@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 
 from saefw.evals.base import Evaluator
 from saefw.registry import register
