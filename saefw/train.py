@@ -139,6 +139,6 @@ class EvalCallback(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
         if self.every and step % self.every == 0 and step > 0:
-            result = run_evaluators(pl_module.sae, self.source, self.evaluators, self.batch_size)
+            result = run_evaluators(pl_module.sae, self.source, self.evaluators, self.batch_size, final=False)
             if self.on_result:
                 self.on_result(result, step)

@@ -19,6 +19,8 @@ class Evaluator:
     def __init__(self, cfg):
         self.cfg = cfg
 
+    final = True  # False for the periodic evaluations during training, where an evaluator may do less
+
     def begin(self, sae, source) -> None:
         self.sae, self.source = sae, source
 
@@ -34,12 +36,15 @@ def usable(evaluator: Evaluator, source) -> bool:
 
 
 @torch.no_grad()
-def run_evaluators(sae, source, evaluators: list[Evaluator], batch_size: int = 4096) -> dict[str, float | Tensor]:
-    """One pass over ``source.eval_batches`` feeding every evaluator; returns their merged results."""
+def run_evaluators(sae, source, evaluators: list[Evaluator], batch_size: int = 4096,
+                   final: bool = True) -> dict[str, float | Tensor]:
+    """One pass over ``source.eval_batches`` feeding every evaluator; returns their merged results.
+    ``final=False`` marks a periodic evaluation during training."""
     was_training = sae.training
     sae.eval()
     try:
         for ev in evaluators:
+            ev.final = final
             ev.begin(sae, source)
         device = next(sae.parameters()).device
         for x in source.eval_batches(batch_size):

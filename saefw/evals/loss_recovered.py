@@ -14,6 +14,9 @@ from saefw.sources.lm import next_token_ce
 class LossRecoveredConfig:
     batch_contexts: int = 8  # contexts per full-model forward
     max_contexts: int | None = None  # None: every held-out context of the source
+    # periodic evaluations during training score only this many contexts: each costs two full-model forwards,
+    # and on a CPU that would otherwise dominate a short run (the final evaluation uses max_contexts)
+    contexts_during_training: int = 8
 
 
 @register("evaluator", "loss_recovered", LossRecoveredConfig)
@@ -24,14 +27,16 @@ class LossRecoveredEvaluator(Evaluator):
     ce_loss_recovered = (ce_zero − ce_sae) / (ce_zero − ce_clean);  ce_delta = ce_sae − ce_clean;
     kl_div = E_pos[KL(p_clean ‖ p_sae)] over next-token distributions.
     BOS positions are neither replaced nor scored. ce_clean and ce_zero do not depend on the SAE, so they are
-    computed once per source and reused at every evaluation."""
+    computed once per (source, number of contexts) and reused at every evaluation."""
 
     requires = ("lm",)
 
     def compute(self):
         lm, sae = self.source.lm, self.sae
-        tokens = self.source.eval_tokens[: self.cfg.max_contexts]
-        baseline = getattr(self.source, "_ce_baseline", None)
+        n_ctx = self.cfg.max_contexts if self.final else self.cfg.contexts_during_training
+        tokens = self.source.eval_tokens[:n_ctx]
+        cache = self.source.__dict__.setdefault("_ce_baselines", {})
+        baseline = cache.get(len(tokens))
         sae_device = next(sae.parameters()).device
 
         def reconstruct(x):
@@ -53,7 +58,7 @@ class LossRecoveredEvaluator(Evaluator):
             n += lp_clean.shape[0] * lp_clean.shape[1]
         ce_clean, ce_sae, kl = ce_clean / n, ce_sae / n, kl / n
         if baseline is None:
-            baseline = self.source._ce_baseline = (ce_clean, ce_zero / n)
+            baseline = cache[len(tokens)] = (ce_clean, ce_zero / n)
         ce_zero = baseline[1]
         return {"ce_clean": ce_clean, "ce_sae": ce_sae, "ce_zero": ce_zero, "ce_delta": ce_sae - ce_clean,
                 "ce_loss_recovered": (ce_zero - ce_sae) / (ce_zero - ce_clean), "kl_div": kl}

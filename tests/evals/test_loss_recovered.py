@@ -51,4 +51,10 @@ def test_loss_recovered_matches_manual_splice(tiny_models):
     kl = F.kl_div(lq, lp, log_target=True, reduction="none").sum(-1).mean().item()
     assert out["kl_div"] == pytest.approx(kl, rel=1e-4)
     # ce_clean/ce_zero are cached on the source and reused on the next evaluation
-    assert src._ce_baseline == (pytest.approx(c, rel=1e-5), pytest.approx(z, rel=1e-5))
+    assert src._ce_baselines[5] == (pytest.approx(c, rel=1e-5), pytest.approx(z, rel=1e-5))
+    # a periodic evaluation during training scores only the first contexts_during_training contexts
+    ev.cfg.contexts_during_training = 2
+    partial = run_evaluators(sae, src, [ev], final=False)
+    tok = tok[:2]
+    assert partial["ce_clean"] == pytest.approx(ce(forward(lambda h: h)), rel=1e-5)
+    assert sorted(src._ce_baselines) == [2, 5]
