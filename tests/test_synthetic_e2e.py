@@ -1,0 +1,40 @@
+"""The synthetic preset end to end: the real CLI recovers the known features; the preset composes with every arch."""
+import json
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from conftest import REPO, run_cli
+from saefw.config import store_schema
+from saefw.registry import discover, names
+
+
+def test_cli_l1_recovers_synthetic_features(tmp_path):
+    out = tmp_path / "run"
+    # 200k tokens (~200 steps, a few seconds of training): mmcs 0.992–0.994 over 5 seeds; 0.98 at 150k
+    r = run_cli("+experiment=synthetic", "arch=l1", "penalty.coefficient=2", "total_tokens=200000",
+                "wandb.mode=disabled", "trainer.enable_progress_bar=false", f"hydra.run.dir={out}",
+                cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["source"] == "synthetic" and m["d_in"] == 64 and m["d_sae"] == 512
+    assert m["mmcs"] >= 0.95, m
+    assert m["frac_recovered"] >= 0.9, m
+    assert m["tokens"] >= 200000 - 1024
+    cfg = json.loads((out / "cfg.json").read_text())
+    assert cfg["source"] == "synthetic" and cfg["n_features"] == 256 and cfg["feature_seed"] == 0
+
+
+@pytest.mark.parametrize("arch", ["l1", "gated", "topk", "jumprelu", "batchtopk"])
+def test_preset_composes_with_arch(arch):
+    store_schema()
+    discover()
+    if arch not in names("arch"):
+        pytest.skip(f"arch {arch} not registered")
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["+experiment=synthetic", f"arch={arch}"])
+    assert cfg.source.name == "synthetic" and cfg.arch.name == arch
+    assert sorted(cfg.evaluators) == sorted(["l0", "reconstruction", "dead_features", "shrinkage", "ground_truth"])
+    assert cfg.evaluators.ground_truth.threshold == 0.9
+    assert cfg.wandb.mode == "offline"
+    assert cfg.source.d == 64 and cfg.source.n_features == 256 and cfg.source.target_l0 == 5.0
