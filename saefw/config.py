@@ -44,6 +44,7 @@ class RunConfig:
     total_tokens: int = 300_000
     expansion_factor: int = 8
     d_sae: int | None = None  # overrides expansion_factor
+    threads: int | None = None  # torch CPU threads; 1 is faster when other jobs share a small machine
     source: Any = None
     arch: Any = None
     penalty: Any = None

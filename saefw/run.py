@@ -95,6 +95,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         entry(family, cfg[FAMILIES[family]].name)
     check_combination(cfg.arch.name, cfg.penalty.name)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
 
     spec = RunSpec(model=cfg.model, layer=cfg.layer, site=cfg.site, seed=cfg.seed, total_tokens=cfg.total_tokens)
     source = build("source", cfg.source, spec=spec)
