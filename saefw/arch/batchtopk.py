@@ -6,8 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from saefw.arch.base import SAE, LossOutput, SparsityInput, auxk_loss
-from saefw.arch.topk import resolve_k
+from saefw.arch.topk import TopKSAE
 from saefw.errors import SaefwError
 from saefw.registry import register
 
@@ -23,7 +22,7 @@ class BatchTopKConfig:
 
 
 @register("arch", "batchtopk", BatchTopKConfig)
-class BatchTopKSAE(SAE):
+class BatchTopKSAE(TopKSAE):
     """z = (x − b_dec) W_enc + b_enc;   x̂ = f W_dec + b_dec;
     training (``module.train()``): f = BatchTopK_{k·B}(ReLU(z)), the k·B largest entries of the whole
     [B, d_sae] batch kept and the rest zeroed, so tokens get uneven counts averaging k;
@@ -36,18 +35,12 @@ class BatchTopKSAE(SAE):
     the (k·N)-th and (k·N+1)-th largest positive pre-activation over all N tokens, so the inference rule keeps
     exactly k·N latents there — mean L0 = k on that data, by construction rather than by an estimate.
 
-    Decoder rows are held at unit norm; W_enc is initialised as W_decᵀ."""
-
-    default_penalty = "none"
-    allowed_penalties = ("none",)
-    unit_norm_decoder = True
+    Decoder rows are held at unit norm; W_enc is initialised as W_decᵀ (all as in TopKSAE, whose loss it uses)."""
 
     def __init__(self, cfg: BatchTopKConfig, d_in: int, d_sae: int):
-        super().__init__(cfg, d_in, d_sae)
-        self.k, self.k_aux = resolve_k("batchtopk", cfg.k, cfg.k_aux, d_in, d_sae)
         if not 0 < cfg.threshold_ema <= 1:
             raise SaefwError(f"arch.threshold_ema={cfg.threshold_ema!r} must be in (0, 1]")
-        self.init_tied_weights(1.0)
+        super().__init__(cfg, d_in, d_sae)
         # 0 until the first training batch: an untrained SAE in eval mode is then plain ReLU
         self.register_buffer("threshold", torch.zeros(d_sae))
         self.threshold_updates = 0  # batches averaged into θ so far (not saved: only steers the running mean)
@@ -76,18 +69,10 @@ class BatchTopKSAE(SAE):
         rate = max(1.0 / self.threshold_updates, self.cfg.threshold_ema)
         self.threshold.lerp_(kept.min().float().expand_as(self.threshold), rate)
 
-    def loss(self, x, penalty, coefficient, dead_mask=None) -> LossOutput:
-        z = self.pre_acts(x)
+    def train_acts(self, z: Tensor) -> Tensor:
         f = self.batch_topk(z)
         self._update_threshold(f)
-        x_hat = self._decode(f)
-        mse = (x_hat - x).pow(2).sum(-1).mean()
-        aux = auxk_loss(z, x, x_hat, self.W_dec, dead_mask, self.k_aux)
-        # penalty is "none" for batchtopk; called anyway so every arch trains through the same interface
-        sparsity = torch.as_tensor(penalty(SparsityInput(acts=f, W_dec=self.W_dec)), dtype=z.dtype, device=z.device)
-        loss = mse + self.cfg.aux_coefficient * aux + coefficient * sparsity
-        return LossOutput(loss, f, {"mse_loss": mse.detach(), "aux_loss": aux.detach(),
-                                    "sparsity_loss": sparsity.detach()})
+        return f
 
     @torch.no_grad()
     def finalize_for_inference(self, batches) -> None:

@@ -41,7 +41,7 @@ class TopKSAE(SAE):
 
     def __init__(self, cfg: TopKConfig, d_in: int, d_sae: int):
         super().__init__(cfg, d_in, d_sae)
-        self.k, self.k_aux = resolve_k("topk", cfg.k, cfg.k_aux, d_in, d_sae)
+        self.k, self.k_aux = resolve_k(self.plugin_name, cfg.k, cfg.k_aux, d_in, d_sae)
         self.init_tied_weights(1.0)
 
     def topk_acts(self, z: Tensor) -> Tensor:
@@ -53,13 +53,17 @@ class TopKSAE(SAE):
     def _encode(self, x: Tensor) -> Tensor:
         return self.topk_acts(self.pre_acts(x))
 
+    def train_acts(self, z: Tensor) -> Tensor:
+        """The latents used in training (BatchTopK overrides this)."""
+        return self.topk_acts(z)
+
     def loss(self, x, penalty, coefficient, dead_mask=None) -> LossOutput:
         z = self.pre_acts(x)
-        f = self.topk_acts(z)
+        f = self.train_acts(z)
         x_hat = self._decode(f)
         mse = (x_hat - x).pow(2).sum(-1).mean()
         aux = auxk_loss(z, x, x_hat, self.W_dec, dead_mask, self.k_aux)
-        # penalty is "none" for topk; called anyway so every arch trains through the same interface
+        # penalty is "none" for the top-k archs; called anyway so every arch trains through the same interface
         sparsity = torch.as_tensor(penalty(SparsityInput(acts=f, W_dec=self.W_dec)), dtype=z.dtype, device=z.device)
         loss = mse + self.cfg.aux_coefficient * aux + coefficient * sparsity
         return LossOutput(loss, f, {"mse_loss": mse.detach(), "aux_loss": aux.detach(),
