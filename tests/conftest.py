@@ -68,3 +68,15 @@ def run_cli(*args: str, cwd: Path, timeout: int = 300, extra_path: Path | None =
     env = {**os.environ, "PYTHONPATH": path, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     return subprocess.run([sys.executable, "-m", "saefw", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def set_params(module, **tensors) -> None:
+    """Overwrite named parameters/buffers of ``module`` in place (hand-built test SAEs)."""
+    with torch.no_grad():
+        for name, value in tensors.items():
+            getattr(module, name).copy_(torch.as_tensor(value, dtype=getattr(module, name).dtype))
+
+
+def zero_penalty(s):
+    """A stand-in for the "none" penalty, so arch tests do not depend on the penalty plugins."""
+    return s.acts.sum() * 0.0

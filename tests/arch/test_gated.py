@@ -7,23 +7,14 @@ import pytest
 import torch
 
 from saefw.arch.gated import GatedConfig, GatedSAE
+from conftest import set_params, zero_penalty
 from saefw.io import load_sae, save_sae
-
-
-def _set(sae, **tensors):
-    with torch.no_grad():
-        for name, value in tensors.items():
-            getattr(sae, name).copy_(torch.as_tensor(value, dtype=getattr(sae, name).dtype))
-
-
-def _zero_penalty(s):
-    return s.acts.sum() * 0.0
 
 
 def _literal_sae():
     """d_in=2, d_sae=4; each latent exercises one case of f = 1[π>0]·ReLU(mag)."""
     sae = GatedSAE(GatedConfig(), d_in=2, d_sae=4)
-    _set(sae,
+    set_params(sae,
          W_enc=[[1.0, -1.0, 2.0, 0.5],
                 [0.0, 1.0, 1.0, 1.0]],
          b_gate=[0.0, 0.5, -3.0, 0.0],
@@ -69,7 +60,7 @@ def test_r_mag_shares_gate_weights():
     r_mag = torch.randn(d_sae, dtype=torch.float64) * 0.5
     b_mag = torch.randn(d_sae, dtype=torch.float64) * 0.1
     b_dec = torch.randn(d_in, dtype=torch.float64) * 0.1
-    _set(sae, W_enc=W_enc, r_mag=r_mag, b_mag=b_mag, b_dec=b_dec, b_gate=torch.full((d_sae,), 100.0))
+    set_params(sae, W_enc=W_enc, r_mag=r_mag, b_mag=b_mag, b_dec=b_dec, b_gate=torch.full((d_sae,), 100.0))
     x = torch.randn(3, d_in, dtype=torch.float64)
     f = sae.encode(x)
     for b in range(3):
@@ -86,7 +77,7 @@ def test_loss_terms_and_aux_gradients():
     torch.manual_seed(1)
     d_in, d_sae, B = 4, 8, 6
     sae = GatedSAE(GatedConfig(), d_in, d_sae).double()
-    _set(sae, W_enc=torch.randn(d_in, d_sae), W_dec=torch.randn(d_sae, d_in) * 0.5,
+    set_params(sae, W_enc=torch.randn(d_in, d_sae), W_dec=torch.randn(d_sae, d_in) * 0.5,
          b_gate=torch.randn(d_sae) * 0.3, r_mag=torch.randn(d_sae) * 0.3, b_mag=torch.randn(d_sae) * 0.3,
          b_dec=torch.randn(d_in) * 0.3)
     x = torch.randn(B, d_in, dtype=torch.float64)
@@ -118,7 +109,7 @@ def test_loss_terms_and_aux_gradients():
     assert all(not v.requires_grad for v in out.terms.values())
 
     # isolate the aux term's gradient: loss (λ = 0) minus the same MSE rebuilt from the live parameters
-    out = sae.loss(x, _zero_penalty, 0.0)
+    out = sae.loss(x, zero_penalty, 0.0)
     pi_live = (x - sae.b_dec) @ sae.W_enc + sae.b_gate
     f_live = (pi_live > 0).double() * ((x - sae.b_dec) @ (sae.W_enc * sae.r_mag.exp()) + sae.b_mag).clamp_min(0)
     mse_live = ((f_live @ sae.W_dec + sae.b_dec - x) ** 2).sum(-1).mean()
@@ -158,7 +149,7 @@ def test_save_load_roundtrip_with_input_scale(tmp_path):
     torch.manual_seed(3)
     d_in, d_sae = 6, 12
     sae = GatedSAE(GatedConfig(), d_in, d_sae)
-    _set(sae, W_enc=torch.randn(d_in, d_sae), W_dec=torch.randn(d_sae, d_in),
+    set_params(sae, W_enc=torch.randn(d_in, d_sae), W_dec=torch.randn(d_sae, d_in),
          b_gate=torch.randn(d_sae) * 0.5, r_mag=torch.randn(d_sae) * 0.5, b_mag=torch.randn(d_sae) * 0.5,
          b_dec=torch.randn(d_in))
     sae.input_scale.fill_(2.5)

@@ -7,20 +7,10 @@ import torch
 
 from saefw.arch.topk import TopKConfig, TopKSAE
 from saefw.errors import SaefwError
+from conftest import set_params, zero_penalty
 from saefw.io import load_sae, save_sae
 
 ALPHA = 1 / 32
-
-
-def _set(sae, **tensors):
-    with torch.no_grad():
-        for name, value in tensors.items():
-            getattr(sae, name).copy_(torch.as_tensor(value, dtype=getattr(sae, name).dtype))
-
-
-def _zero_penalty(s):
-    # stand-in for the "none" penalty plugin, so these tests do not depend on it
-    return s.acts.sum() * 0.0
 
 
 # decoder rows for d_in = 4, d_sae = 8 (not unit norm: the loss itself does not depend on that)
@@ -32,7 +22,7 @@ def _mirror_sae(k, k_aux=None, dtype=torch.float32):
     """W_enc = [I, −I], biases 0, so z = [x, −x]."""
     sae = TopKSAE(TopKConfig(k=k, k_aux=k_aux), d_in=4, d_sae=8).to(dtype)
     eye = torch.eye(4)
-    _set(sae, W_enc=torch.cat([eye, -eye], 1), W_dec=W_DEC, b_enc=torch.zeros(8), b_dec=torch.zeros(4))
+    set_params(sae, W_enc=torch.cat([eye, -eye], 1), W_dec=W_DEC, b_enc=torch.zeros(8), b_dec=torch.zeros(4))
     return sae
 
 
@@ -71,7 +61,7 @@ def test_auxk_uses_only_dead_latents():
     # top-2 fires latents 0 and 1 on both tokens.
     x = torch.tensor([[3.0, 2.0, 0.5, -1.0], [2.0, 4.0, -0.2, 0.3]], dtype=torch.float64)
     dead = torch.tensor([False, False, False, True, True, False, True, True])
-    out = sae.loss(x, _zero_penalty, 0.0, dead_mask=dead)
+    out = sae.loss(x, zero_penalty, 0.0, dead_mask=dead)
     # x̂ = [3, 2, 0, 0] and [2, 4, 0, 0];  e = x − x̂ = [0, 0, .5, −1] and [0, 0, −.2, .3]
     # dead z (latents 3, 4, 6, 7): token 0 [−1, −3, −.5, 1] -> top-2 {7: 1, 6: −.5} -> ê = 1·W7 = [.5, 0, 0, .5]
     #   (alive latent 2 has z = .5 > −.5 but is not eligible);  token 1 [.3, −2, .2, −.3] -> {3: .3, 6: .2}
@@ -105,7 +95,7 @@ def test_auxk_zero_without_dead_latents():
     sae = _mirror_sae(k=2, dtype=torch.float64)
     x = torch.tensor([[3.0, 2.0, 0.5, -1.0], [2.0, 4.0, -0.2, 0.3]], dtype=torch.float64)
     for dead in (None, torch.zeros(8, dtype=torch.bool)):
-        out = sae.loss(x, _zero_penalty, 0.0, dead_mask=dead)
+        out = sae.loss(x, zero_penalty, 0.0, dead_mask=dead)
         assert out.terms["aux_loss"].item() == 0.0
         assert out.loss.item() == pytest.approx((1.25 + 0.13) / 2, rel=1e-9)
 
@@ -133,7 +123,7 @@ def test_save_load_roundtrip_with_input_scale(tmp_path):
     torch.manual_seed(2)
     d_in, d_sae = 6, 12
     sae = TopKSAE(TopKConfig(k=3), d_in, d_sae)
-    _set(sae, W_enc=torch.randn(d_in, d_sae), b_enc=torch.randn(d_sae) * 0.5, b_dec=torch.randn(d_in))
+    set_params(sae, W_enc=torch.randn(d_in, d_sae), b_enc=torch.randn(d_sae) * 0.5, b_dec=torch.randn(d_in))
     sae.input_scale.fill_(2.5)
     save_sae(sae, tmp_path)
     cfg = json.loads((tmp_path / "cfg.json").read_text())
