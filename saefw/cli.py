@@ -1,4 +1,7 @@
-"""``python -m saefw [overrides]``: the Hydra entry point.
+"""Command-line entry points: every command is one Hydra app with its config under ``conf/``.
+
+``python -m saefw`` trains; other commands (``python -m saefw.evaluate`` ...) call :func:`command` with their
+own config name, so overrides, ``--help``, plugin discovery and error reporting work the same everywhere.
 
 ``+arch=gated`` (the form in the user's card) and ``arch=gated`` both work: the plugin families are already in
 the defaults list, so a leading ``+`` on them is dropped before Hydra sees it.
@@ -8,7 +11,9 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 _PLUS_FAMILY = re.compile(r"^\+(source|arch|penalty)=")
 
@@ -26,7 +31,11 @@ def conf_dir() -> Path:
     raise FileNotFoundError(f"saefw's conf/ directory is missing (looked in {here} and {here.parent})")
 
 
-def main(argv: list[str] | None = None) -> None:
+def command(config_name: str, task: Callable[[Any, Path], Any], argv: list[str] | None = None) -> Any:
+    """Run ``task(cfg, output_dir)`` as the Hydra app ``conf/<config_name>.yaml``.
+
+    A :class:`~saefw.errors.SaefwError` (a user mistake: bad value, missing file) prints one ``error:`` line and
+    exits with status 2, never a traceback."""
     import hydra
 
     from saefw.config import store_schema
@@ -44,16 +53,25 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
-    @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
+    @hydra.main(config_path=str(conf_dir()), config_name=config_name, version_base="1.3")
     def _task(cfg):
         from hydra.core.hydra_config import HydraConfig
 
-        from saefw.run import run
-
         try:
-            return run(cfg, Path(HydraConfig.get().runtime.output_dir))
+            return task(cfg, Path(HydraConfig.get().runtime.output_dir))
         except SaefwError as exc:
             print(f"error: {exc}", file=sys.stderr)
             raise SystemExit(2) from None
 
-    _task()
+    return _task()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m saefw [overrides]``: train and evaluate one SAE (a sweep with ``-m``)."""
+
+    def train(cfg, output_dir):
+        from saefw.run import run
+
+        return run(cfg, output_dir)
+
+    command("config", train, argv)

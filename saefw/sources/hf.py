@@ -8,13 +8,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from saefw.embedded import load_corpus
+from saefw.corpus import Corpus, split_documents
 from saefw.registry import register
 from saefw.sources.base import ActivationSource, RunSpec
-from saefw.sources.lm import LanguageModel
+from saefw.lm import LanguageModel
 
 log = logging.getLogger(__name__)
-_SPLIT_SEED = 1234  # fixed, not the run seed: every run of a sweep is scored on the same held-out text
 
 
 @dataclass
@@ -44,12 +43,11 @@ class HFActivationSource(ActivationSource):
         self.d_in = self.lm.d_model
 
     def setup(self) -> None:
-        docs = load_corpus(self.cfg.corpus)
-        order = torch.randperm(len(docs), generator=torch.Generator().manual_seed(_SPLIT_SEED)).tolist()
-        n_eval = max(1, int(len(docs) * self.cfg.eval_doc_fraction))
-        self.eval_tokens = self.lm.contexts([docs[i] for i in order[:n_eval]], self.cfg.context_size)
-        self.eval_tokens = self.eval_tokens[: self.cfg.eval_contexts]
-        self.train_tokens = self.lm.contexts([docs[i] for i in order[n_eval:]], self.cfg.context_size)
+        corpus = Corpus(self.cfg.corpus)
+        heldout = split_documents(corpus.documents(), self.cfg.eval_doc_fraction, heldout=True)
+        self.eval_tokens = self.lm.contexts(heldout, self.cfg.context_size)[: self.cfg.eval_contexts]
+        self.train_tokens = self.lm.contexts(split_documents(corpus.documents(), self.cfg.eval_doc_fraction,
+                                                             heldout=False), self.cfg.context_size)
         self._eval_acts: Tensor | None = None
         log.info("corpus %s: %d train contexts (%d tokens), %d held-out contexts", self.cfg.corpus,
                  len(self.train_tokens), self.train_tokens[:, 1:].numel(), len(self.eval_tokens))

@@ -7,7 +7,7 @@ replaced when splicing, and never scored, so every metric uses the same set of p
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -112,18 +112,31 @@ class LanguageModel:
         self.hook_name = f"blocks.{layer}.hook_{site}"  # TransformerLens/SAELens naming
 
     # --- tokenisation ---
-    def contexts(self, docs: Iterable[str], context_size: int) -> Tensor:
-        """Concatenate docs (separated by EOS) and cut fixed-length contexts, each starting with BOS."""
+    def iter_contexts(self, docs: Iterable[str], context_size: int, chunk: int = 256) -> Iterator[Tensor]:
+        """Concatenate docs (separated by EOS) and cut fixed-length contexts, each starting with BOS; yields them
+        ``chunk`` contexts [≤ chunk, context_size] at a time, so the corpus is never held in memory."""
+        body = context_size - 1
         stream: list[int] = []
         for doc in docs:
             stream.extend(self.tokenizer(doc, add_special_tokens=False).input_ids)
             stream.append(self.sep_id)
-        body = context_size - 1
-        n = len(stream) // body
-        if n == 0:
-            raise SaefwError(f"the corpus has {len(stream)} tokens, fewer than one context of {context_size}")
-        t = torch.tensor(stream[: n * body], dtype=torch.long).view(n, body)
-        return torch.cat([torch.full((n, 1), self.bos_id, dtype=torch.long), t], dim=1)
+            while len(stream) >= chunk * body:
+                yield self._cut(stream[: chunk * body], body)
+                del stream[: chunk * body]
+        if len(stream) >= body:
+            n = len(stream) // body
+            yield self._cut(stream[: n * body], body)
+
+    def _cut(self, ids: list[int], body: int) -> Tensor:
+        t = torch.tensor(ids, dtype=torch.long).view(-1, body)
+        return torch.cat([torch.full((len(t), 1), self.bos_id, dtype=torch.long), t], dim=1)
+
+    def contexts(self, docs: Iterable[str], context_size: int) -> Tensor:
+        """All contexts of ``docs`` [N, context_size] (see :meth:`iter_contexts`)."""
+        parts = list(self.iter_contexts(docs, context_size))
+        if not parts:
+            raise SaefwError(f"the corpus has fewer tokens than one context of {context_size}")
+        return torch.cat(parts)
 
     # --- hooks ---
     @contextmanager

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from saefw.errors import SaefwError
-from saefw.sources.lm import LanguageModel, next_token_ce
+from saefw.lm import LanguageModel, next_token_ce
 
 
 def _tokens(lm, n=2, t=16):
