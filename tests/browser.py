@@ -19,24 +19,21 @@ _FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no
           "--disable-extensions", "--virtual-time-budget=5000"]
 
 
-def _chromium(page: Path, *extra: str, timeout: int = 120) -> subprocess.CompletedProcess:
+def _chromium(page: Path, *extra: str, fragment: str = "") -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory() as profile:
-        return subprocess.run([CHROMIUM, *_FLAGS, f"--user-data-dir={profile}", *extra,
-                               Path(page).resolve().as_uri()], capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run([CHROMIUM, *_FLAGS, f"--user-data-dir={profile}", *extra,
+                            Path(page).resolve().as_uri() + fragment], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r
 
 
 def rendered_dom(page: Path, fragment: str = "") -> str:
     """The page's DOM after its scripts ran (``fragment``, e.g. ``#feature-3``, is appended to the URL)."""
-    uri = Path(page).resolve().as_uri() + fragment
-    with tempfile.TemporaryDirectory() as profile:
-        r = subprocess.run([CHROMIUM, *_FLAGS, f"--user-data-dir={profile}", "--dump-dom", uri],
-                           capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return r.stdout
+    return _chromium(page, "--dump-dom", fragment=fragment).stdout
 
 
 def screenshot(page: Path, png: Path, width: int = 1280, height: int = 900) -> Path:
     """A PNG of the rendered page."""
-    r = _chromium(page, f"--screenshot={Path(png).resolve()}", f"--window-size={width},{height}")
-    assert r.returncode == 0 and Path(png).is_file(), r.stderr[-2000:]
+    _chromium(page, f"--screenshot={Path(png).resolve()}", f"--window-size={width},{height}")
+    assert Path(png).is_file(), f"chromium wrote no screenshot of {page}"
     return Path(png)
