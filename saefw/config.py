@@ -9,6 +9,8 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
+from saefw.sparsity import SparsityConfig
+
 
 @dataclass
 class TrainConfig:
@@ -21,7 +23,7 @@ class TrainConfig:
     eval_every_steps: int = 0  # 0: evaluate only at the end
     eval_batch_size: int = 4096
     init_batches: int = 4  # batches used to set input_scale (E‖x‖ = √d) and b_dec (geometric median)
-    dead_window_tokens: int = 100_000
+    dead_window_tokens: int = 100_000  # dead_fraction = latents silent over the last this many training tokens
     checkpoint_every_steps: int = 100
 
 
@@ -42,6 +44,9 @@ class RunConfig:
     site: str = "resid_post"
     seed: int = 0
     total_tokens: int = 300_000
+    # the sparsity target for every arch: penalised archs adapt λ towards it (see saefw/sparsity.py), the top-k
+    # archs use it as k. null: penalised archs keep λ = penalty.coefficient fixed (top-k archs then need arch.k).
+    target_l0: int | None = 32
     expansion_factor: int = 8
     d_sae: int | None = None  # overrides expansion_factor
     threads: int | None = None  # torch CPU threads; 1 is faster when other jobs share a small machine
@@ -50,9 +55,18 @@ class RunConfig:
     penalty: Any = None
     evaluators: Any = None
     train: TrainConfig = field(default_factory=TrainConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     trainer: dict[str, Any] = field(default_factory=dict)  # passed as-is to pytorch_lightning.Trainer
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
+def run_tag(source: str, layer, site) -> str:
+    """The run directory's suffix: ``L6_resid_post`` for LM sources, the source's name otherwise."""
+    return f"L{layer}_{site}" if source == "hf" else str(source)
+
+
 def store_schema() -> None:
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("saefw_tag", run_tag, replace=True)
     ConfigStore.instance().store(name="saefw_schema", node=RunConfig)

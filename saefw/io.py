@@ -74,6 +74,7 @@ def sae_metadata(folder: Path) -> dict:
         raise SaefwError(f"no {CONFIG} in {folder}: not a saved SAE directory") from None
     except json.JSONDecodeError as exc:
         raise SaefwError(f"{folder / CONFIG} is corrupt: {exc}") from None
-    return {"model": cfg.get("model_name"), "layer": cfg.get("hook_layer"), "site": cfg.get("site"),
-            "hook_name": cfg.get("hook_name"), "context_size": cfg.get("context_size"),
-            "corpus": cfg.get("dataset_path"), "prepend_bos": cfg.get("prepend_bos")}
+    names = {"model": ("model", "model_name"), "layer": ("layer", "hook_layer"), "site": ("site",),
+             "hook_name": ("hook_name",), "context_size": ("context_size",), "corpus": ("corpus", "dataset_path"),
+             "prepend_bos": ("prepend_bos",)}
+    return {ours: next((cfg[k] for k in keys if k in cfg), None) for ours, keys in names.items()}

@@ -7,8 +7,10 @@ replaced when splicing, and never scored, so every metric uses the same set of p
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -71,6 +73,54 @@ def load_config(name: str, local_files_only: bool = True):
                          f"cache ({str(exc).splitlines()[0][:200]})") from None
 
 
+def model_digest(name: str, local_files_only: bool = True) -> str:
+    """A digest of the model's config and weight files, so stores harvested from other weights are never reused.
+
+    Hashing 500 MB of weights takes a second or two, so the result is memoised per (file, size, mtime) in the
+    cache dir. A hub id is resolved to its local snapshot folder first."""
+    import hashlib
+    import json
+
+    from saefw.embedded import cache_dir
+
+    path = Path(resolve_model(name)).expanduser()
+    if not path.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            path = Path(snapshot_download(name, local_files_only=local_files_only))
+        except Exception as exc:
+            raise SaefwError(f"model={name!r}: cannot find its files to fingerprint ({exc})") from None
+    files = sorted(p for p in path.iterdir() if p.is_file() and (p.suffix in (".safetensors", ".bin", ".pt", ".gguf")
+                                                                 or p.name == "config.json"))
+    memo_file = cache_dir() / "model_digests.json"
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        memo = {}
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        memo_key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        if memo_key not in memo:
+            fh_hash = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 22), b""):
+                    fh_hash.update(chunk)
+            memo[memo_key] = fh_hash.hexdigest()
+        h.update(f"{f.name}:{memo[memo_key]}".encode())
+    memo_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = memo_file.with_name(f"{memo_file.name}.{os.getpid()}.partial")
+    tmp.write_text(json.dumps(memo))
+    tmp.replace(memo_file)
+    return h.hexdigest()[:16]
+
+
+def hook_name(layer: int, site: str) -> str:
+    """TransformerLens/SAELens name of a hook point, e.g. ``blocks.6.hook_resid_post``."""
+    return f"blocks.{layer}.hook_{site}"
+
+
 def n_layers_of(config) -> int:
     n = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
     if not n:
@@ -103,13 +153,20 @@ class LanguageModel:
         bos = self.tokenizer.bos_token_id
         self.bos_id = bos if bos is not None else self.tokenizer.eos_token_id
         self.sep_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else self.bos_id
-        block = block_list(self.model)[layer]
         self.d_model = int(getattr(config, "hidden_size", None) or config.n_embd)
-        self._block = block
-        self._module = {"resid_pre": block, "resid_post": block,
-                        "attn_out": _child(block, _ATTN_NAMES, site) if site == "attn_out" else None,
-                        "mlp_out": _child(block, _MLP_NAMES, site) if site == "mlp_out" else None}[site]
-        self.hook_name = f"blocks.{layer}.hook_{site}"  # TransformerLens/SAELens naming
+        self._blocks = block_list(self.model)
+        self._module = self.hook_module(layer, site)
+        self.hook_name = hook_name(layer, site)
+
+    def hook_module(self, layer: int, site: str) -> nn.Module:
+        """The module whose input (resid_pre) or output (the other sites) is the hook point."""
+        check_layer_site(self.name, self.n_layers, layer, site)
+        block = self._blocks[layer]
+        if site == "attn_out":
+            return _child(block, _ATTN_NAMES, site)
+        if site == "mlp_out":
+            return _child(block, _MLP_NAMES, site)
+        return block
 
     # --- tokenisation ---
     def iter_contexts(self, docs: Iterable[str], context_size: int, chunk: int = 256) -> Iterator[Tensor]:
@@ -140,21 +197,24 @@ class LanguageModel:
 
     # --- hooks ---
     @contextmanager
-    def _hook(self, fn: Callable[[Tensor], Tensor | None]):
-        """Install ``fn`` on the hook point: it sees the activation [B, T, d] and may return a replacement."""
-        if self.site == "resid_pre":
+    def _hook(self, fn: Callable[[Tensor], Tensor | None], layer: int | None = None, site: str | None = None):
+        """Install ``fn`` on a hook point (default: this model's): it sees the activation [B, T, d] and may
+        return a replacement."""
+        site = self.site if site is None else site
+        module = self._module if layer is None else self.hook_module(layer, site)
+        if site == "resid_pre":
             def pre(module, args, kwargs):
                 if args:
                     new = fn(args[0])
                     return None if new is None else ((new, *args[1:]), kwargs)
                 new = fn(kwargs["hidden_states"])
                 return None if new is None else (args, {**kwargs, "hidden_states": new})
-            handle = self._module.register_forward_pre_hook(pre, with_kwargs=True)
+            handle = module.register_forward_pre_hook(pre, with_kwargs=True)
         else:
             def post(module, args, out):
                 new = fn(_first(out))
                 return None if new is None else _with_first(out, new)
-            handle = self._module.register_forward_hook(post)
+            handle = module.register_forward_hook(post)
         try:
             yield
         finally:
@@ -163,18 +223,30 @@ class LanguageModel:
     @torch.no_grad()
     def activations(self, tokens: Tensor) -> Tensor:
         """Hook-point activations [B, T, d] for ``tokens`` [B, T]; the forward stops right after the hook."""
-        captured = {}
+        return self.capture(tokens, [(self.layer, self.site)])[(self.layer, self.site)]
 
-        def grab(x):
-            captured["x"] = x.detach()
-            raise _StopForward
+    @torch.no_grad()
+    def capture(self, tokens: Tensor, points: list[tuple[int, str]]) -> dict[tuple[int, str], Tensor]:
+        """Activations [B, T, d] at several hook points (layer, site) from one forward, stopped as soon as the
+        last of them has been seen (so harvesting layers 6 and 25 together costs one pass to layer 25)."""
+        captured: dict[tuple[int, str], Tensor] = {}
+        wanted = set(points)
 
-        with self._hook(grab):
+        def grabber(point):
+            def grab(x):
+                captured[point] = x.detach()
+                if len(captured) == len(wanted):
+                    raise _StopForward
+            return grab
+
+        with ExitStack() as stack:
+            for point in wanted:
+                stack.enter_context(self._hook(grabber(point), *point))
             try:
                 self.model(tokens.to(self.device), use_cache=False)
             except _StopForward:
                 pass
-        return captured["x"]
+        return captured
 
     @torch.no_grad()
     def logits(self, tokens: Tensor, replace: Callable[[Tensor], Tensor] | None = None,

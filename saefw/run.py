@@ -1,11 +1,7 @@
-"""One training run: build the plugins from the composed config, train with Lightning, evaluate, save."""
+"""One training run, as a thin orchestrator: plan → plugins → data → train → evaluate → save → report."""
 from __future__ import annotations
 
-import json
 import logging
-import math
-import os
-import time
 from pathlib import Path
 
 import torch
@@ -14,12 +10,13 @@ from omegaconf import DictConfig, OmegaConf
 from saefw.errors import SaefwError
 from saefw.evals.base import run_evaluators, usable
 from saefw.io import save_sae
+from saefw.plan import RunPlan
 from saefw.registry import FAMILIES, build, discover, entry
+from saefw.report import Reporter, print_summary
 from saefw.sources.base import RunSpec
 
 log = logging.getLogger("saefw")
-SUMMARY_KEYS = ("l0", "explained_variance", "ce_loss_recovered", "ce_delta", "kl_div", "dead_fraction",
-                "shrinkage", "mmcs")
+LM_KEYS = ("model", "layer", "site")
 
 
 def check_combination(arch: str, penalty: str) -> None:
@@ -27,6 +24,21 @@ def check_combination(arch: str, penalty: str) -> None:
     if penalty not in allowed:
         raise SaefwError(f"arch={arch} does not take penalty={penalty}; valid penalties for {arch}: "
                          f"{', '.join(allowed)}")
+
+
+def check_lm_keys(cfg: DictConfig) -> None:
+    """``model``/``layer``/``site`` only mean something to sources that read a language model."""
+    if any(k in cfg.source for k in LM_KEYS):
+        return
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        given = [o for o in HydraConfig.get().overrides.task if o.split("=", 1)[0].lstrip("+~") in LM_KEYS]
+    except ValueError:
+        return
+    if given:
+        raise SaefwError(f"{', '.join(given)}: source={cfg.source.name} reads no language model, so "
+                         f"{'/'.join(LM_KEYS)} have no effect; they apply to LM sources (source=hf)")
 
 
 def build_evaluators(cfg: DictConfig, source) -> list:
@@ -41,103 +53,57 @@ def build_evaluators(cfg: DictConfig, source) -> list:
     return evaluators
 
 
-def _scalars(metrics: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if not torch.is_tensor(v) or v.ndim == 0}
-
-
-def make_loggers(cfg: DictConfig, run_dir: Path) -> list:
-    from pytorch_lightning.loggers import CSVLogger, WandbLogger
-
-    loggers = [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
-    if cfg.wandb.mode != "disabled":
-        os.environ.setdefault("WANDB_SILENT", "true")
-        if cfg.wandb.mode == "offline":
-            os.environ["WANDB_MODE"] = "offline"  # never a login prompt
-        group = cfg.wandb.group
-        try:
-            from hydra.core.hydra_config import HydraConfig
-
-            hc = HydraConfig.get()
-            if group is None and hc.mode.name == "MULTIRUN":
-                group = Path(hc.sweep.dir).name
-        except ValueError:
-            pass
-        loggers.append(WandbLogger(project=cfg.wandb.project, entity=cfg.wandb.entity, group=group,
-                                   name=cfg.wandb.name or run_dir.name, tags=list(cfg.wandb.tags),
-                                   save_dir=str(run_dir), offline=cfg.wandb.mode == "offline",
-                                   config=OmegaConf.to_container(cfg, resolve=True)))
-    return loggers
-
-
-def log_metrics(loggers, metrics: dict, step: int, prefix: str = "eval/") -> None:
-    scalars = {prefix + k: v for k, v in _scalars(metrics).items()}
-    for lg in loggers:
-        lg.log_metrics(scalars, step=step)
-        hist = {prefix + k: v for k, v in metrics.items() if torch.is_tensor(v) and v.ndim == 1}
-        if hist and type(lg).__name__ == "WandbLogger":
-            import wandb
-
-            lg.experiment.log({k: wandb.Histogram(v.numpy()) for k, v in hist.items()}, step=step)
+def build_sae(cfg: DictConfig, d_in: int, penalty):
+    """The arch, with the unit-norm decoder decided here, once: forced on when the penalty ignores decoder
+    norms (``penalty=l1``) and could otherwise be gamed by shrinking f against W_dec."""
+    arch_cfg = OmegaConf.to_container(cfg.arch, resolve=True)
+    if penalty.requires_unit_norm_decoder and "unit_norm_decoder" in arch_cfg:
+        arch_cfg["unit_norm_decoder"] = True
+    return build("arch", arch_cfg, d_in=d_in, d_sae=cfg.d_sae or cfg.expansion_factor * d_in)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train and evaluate one SAE; writes sae.safetensors, cfg.json, config.yaml, metrics.json into run_dir."""
+    """Train and evaluate one SAE; writes sae_weights, cfg.json, config.yaml, metrics.json into ``run_dir``."""
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from saefw.train import ActivationDataModule, EvalCallback, SAEModule
+    from saefw.sparsity import SparsityController
+    from saefw.train import ActivationDataModule, SAEModule
 
-    t0 = time.time()
     discover()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     for family in ("source", "arch", "penalty"):
         entry(family, cfg[FAMILIES[family]].name)
     check_combination(cfg.arch.name, cfg.penalty.name)
+    check_lm_keys(cfg)
+    plan = RunPlan.from_config(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
-    spec = RunSpec(model=cfg.model, layer=cfg.layer, site=cfg.site, seed=cfg.seed, total_tokens=cfg.total_tokens)
-    source = build("source", cfg.source, spec=spec)
-    source.setup()
-    d_sae = cfg.d_sae or cfg.expansion_factor * source.d_in
-    sae = build("arch", cfg.arch, d_in=source.d_in, d_sae=d_sae)
+    # plugins and data
+    source = build("source", cfg.source, spec=RunSpec(seed=cfg.seed, train_tokens=plan.tokens))
     penalty = build("penalty", cfg.penalty)
+    sae = build_sae(cfg, source.d_in, penalty)
     evaluators = build_evaluators(cfg, source)
+    source.setup()
+    data = ActivationDataModule(source, plan.batch_size, plan.steps)
+    head = torch.cat([b.float() for b in data.peek(cfg.train.init_batches)])
+    sae.initialize_from_data(head)
 
-    tc = cfg.train
-    total_steps = cfg.trainer.get("max_steps", -1)
-    if total_steps is None or total_steps < 0:
-        total_steps = max(1, cfg.total_tokens // tc.batch_size)
-    data = ActivationDataModule(source, tc.batch_size)
-    head = torch.cat([b.float() for b in data.peek(tc.init_batches)])
-    if not torch.isfinite(head).all():
-        raise SaefwError(f"the activations contain NaN/inf ({(~torch.isfinite(head)).sum().item()} values in "
-                         f"the first {len(head)} tokens): check model dtype and site={cfg.site}")
-    scale = math.sqrt(source.d_in) / head.norm(dim=-1).mean().item()
-    sae.input_scale.fill_(scale)
-    sae.init_from_data(head.to(sae.input_scale.device) * scale)
-
-    module = SAEModule(sae, penalty, tc, total_steps)
-    loggers = make_loggers(cfg, run_dir)
-    history: list[dict] = []
-
-    def on_eval(result, step):
-        history.append({"step": step, **_scalars(result)})
-        log_metrics(loggers, result, step)
-
-    callbacks = [EvalCallback(source, evaluators, tc.eval_every_steps, tc.eval_batch_size, on_eval),
-                 ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, save_top_k=0,
-                                 every_n_train_steps=tc.checkpoint_every_steps)]
-    trainer_kwargs = {"max_epochs": 1, "max_steps": total_steps, "default_root_dir": str(run_dir),
-                      "num_sanity_val_steps": 0, "gradient_clip_val": None, **cfg.trainer}
-    trainer = pl.Trainer(logger=loggers, callbacks=callbacks, **trainer_kwargs)
-    provenance = {**source.describe(), "penalty": cfg.penalty.name,
+    # training
+    controller = SparsityController(cfg.sparsity, getattr(penalty.cfg, "coefficient", 0.0), cfg.target_l0,
+                                    plan.steps, active=hasattr(penalty.cfg, "coefficient"))
+    module = SAEModule(sae, penalty, controller, cfg.train, plan.steps)
+    provenance = {**source.describe(), "source": cfg.source.name, "penalty": cfg.penalty.name,
                   "penalty_config": OmegaConf.to_container(cfg.penalty, resolve=True), "seed": cfg.seed}
-    base_record = {"arch": cfg.arch.name, "penalty": cfg.penalty.name, "layer": cfg.layer, "site": cfg.site,
-                   "model": cfg.model, "source": cfg.source.name, "d_in": source.d_in, "d_sae": d_sae,
-                   "seed": cfg.seed}
+    describe = source.describe()
+    reporter = Reporter(cfg, run_dir, {
+        "arch": cfg.arch.name, "penalty": cfg.penalty.name, "source": cfg.source.name,
+        **{k: describe.get(k) for k in LM_KEYS}, "d_in": source.d_in, "d_sae": sae.d_sae, "seed": cfg.seed,
+        "target_l0": cfg.target_l0})
+    trainer = _trainer(cfg, plan, run_dir, source, evaluators, reporter)
+    data_record = {"activation_store": source.store_status}
     try:
         trainer.fit(module, datamodule=data)
     except SystemExit:
@@ -145,59 +111,42 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         if not trainer.interrupted:
             raise
         save_sae(sae, run_dir, provenance)
-        record = {**(history[-1] if history else {}), **base_record, "steps": trainer.global_step,
-                  "tokens": trainer.global_step * tc.batch_size, "interrupted": True,
-                  "wall_seconds": round(time.time() - t0, 1), "history": history}
-        (run_dir / "metrics.json").write_text(json.dumps(record, indent=2))
+        last = reporter.history[-1] if reporter.history else {}
+        reporter.write(reporter.record(last, trainer.global_step, trainer.global_step * plan.batch_size, True,
+                                       **data_record, harvest_seconds=round(source.harvest_seconds, 1)),
+                       status="interrupted")
         print(f"\ninterrupted at step {trainer.global_step}: SAE saved to {run_dir} "
               f"(last checkpoint in {run_dir / 'checkpoints'})", flush=True)
         raise SystemExit(130) from None
-    train_seconds = time.time() - t0
-    sae.to(trainer.strategy.root_device)  # Lightning's teardown moved it to CPU; evaluate where it trained
+    train_seconds = reporter.elapsed()
 
-    # the init batches, scaled as in training: after fit the stream is spent, so peek() would hand out nothing
-    sae.finalize_for_inference(iter((head * scale).split(tc.batch_size)))
-    metrics = run_evaluators(sae, source, evaluators, tc.eval_batch_size)
-    log_metrics(loggers, metrics, trainer.global_step)
-    for lg in loggers:
-        if type(lg).__name__ == "WandbLogger":
-            lg.experiment.summary.update({k: v for k, v in _scalars(metrics).items()})
-        lg.finalize("success")
-
+    # evaluation: on the device it trained on (Lightning's teardown moved it to the CPU)
+    sae.to(trainer.strategy.root_device)
+    sae.finalize_for_inference(iter((head * sae.input_scale.cpu()).split(plan.batch_size)))
+    metrics = run_evaluators(sae, source, evaluators, cfg.train.eval_batch_size)
+    metrics["dead_fraction"] = module.dead_mask().float().mean().item()
+    reporter.log_eval(metrics, trainer.global_step, periodic=False)
     save_sae(sae, run_dir, provenance)
-    record = {**_scalars(metrics), **base_record, "steps": trainer.global_step,
-              "tokens": trainer.global_step * tc.batch_size, "interrupted": False,
-              "wall_seconds": round(time.time() - t0, 1), "train_seconds": round(train_seconds, 1),
-              "history": history}
-    (run_dir / "metrics.json").write_text(json.dumps(record, indent=2))
-    _plot_density(metrics, run_dir)
+    record = reporter.record(metrics, trainer.global_step, plan.tokens, False, **data_record,
+                             harvest_seconds=round(source.harvest_seconds, 1), train_seconds=round(train_seconds, 1),
+                             final_coefficient=controller.coefficient(plan.steps))
+    reporter.write(record, metrics)
     print_summary(record, run_dir)
     return record
 
 
-def _plot_density(metrics: dict, run_dir: Path) -> None:
-    dens = metrics.get("feature_density")
-    if dens is None:
-        return
-    import matplotlib
+def _trainer(cfg: DictConfig, plan: RunPlan, run_dir: Path, source, evaluators, reporter):
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from saefw.train import EvalCallback, TokenProgressBar
 
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.hist(dens.numpy(), bins=50)
-    ax.set_xlabel("log10 firing frequency (held-out tokens)")
-    ax.set_ylabel("latents")
-    fig.tight_layout()
-    fig.savefig(run_dir / "feature_density.png", dpi=100)
-    plt.close(fig)
-
-
-def print_summary(record: dict, run_dir: Path) -> None:
-    rows = [("arch", record["arch"]), ("penalty", record["penalty"]),
-            ("layer / site", f"{record['layer']} / {record['site']}"),
-            ("tokens", f"{record['tokens']:,}")]
-    rows += [(k, f"{record[k]:.4f}") for k in SUMMARY_KEYS if k in record]
-    rows += [("wall time", f"{record['wall_seconds']:.0f} s"), ("run dir", str(run_dir))]
-    width = max(len(k) for k, _ in rows)
-    print("\n".join(["", "saefw run summary", "-" * 40] + [f"{k:<{width}}  {v}" for k, v in rows]), flush=True)
+    tc = cfg.train
+    callbacks = [EvalCallback(source, evaluators, tc.eval_every_steps, tc.eval_batch_size, reporter.log_eval),
+                 ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, save_top_k=0,
+                                 every_n_train_steps=tc.checkpoint_every_steps)]
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(TokenProgressBar(plan.batch_size))
+    kwargs = {"max_epochs": 1, "default_root_dir": str(run_dir), "num_sanity_val_steps": 0,
+              "gradient_clip_val": None, **cfg.trainer, "max_steps": plan.steps}
+    return pl.Trainer(logger=reporter.loggers, callbacks=callbacks, **kwargs)

@@ -3,33 +3,39 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import TQDMProgressBar
 from torch.utils.data import DataLoader, IterableDataset
 
 from saefw.errors import SaefwError
 from saefw.evals.base import run_evaluators
+from saefw.sparsity import SparsityController, compose_loss
 
 log = logging.getLogger(__name__)
 
 
 class _Stream(IterableDataset):
-    def __init__(self, make_iter):
-        self.make_iter = make_iter
+    """An iterable of ``length`` batches: the length gives Lightning's progress bar its total and ETA."""
+
+    def __init__(self, make_iter, length: int):
+        self.make_iter, self.length = make_iter, length
 
     def __iter__(self):
         return self.make_iter()
 
+    def __len__(self):
+        return self.length
+
 
 class ActivationDataModule(pl.LightningDataModule):
-    """Serves ``source.train_batches`` (already batched). ``peek(n)`` hands the first batches out early for
+    """Serves ``steps`` batches of ``source.train_batches``. ``peek(n)`` hands the first batches out early for
     data-dependent init without losing them from the stream."""
 
-    def __init__(self, source, batch_size: int):
+    def __init__(self, source, batch_size: int, steps: int):
         super().__init__()
-        self.source, self.batch_size = source, batch_size
+        self.source, self.batch_size, self.steps = source, batch_size, steps
         self._head: list[torch.Tensor] = []
         self._iter = None
 
@@ -48,36 +54,23 @@ class ActivationDataModule(pl.LightningDataModule):
 
     def _all(self):
         head, self._head = self._head, []
-        return itertools.chain(head, self._stream())
+        return itertools.islice(itertools.chain(head, self._stream()), self.steps)
 
     def train_dataloader(self):
-        return DataLoader(_Stream(self._all), batch_size=None, num_workers=0)
+        return DataLoader(_Stream(self._all, self.steps), batch_size=None, num_workers=0)
 
 
 class SAEModule(pl.LightningModule):
-    """Trains ``sae`` with ``penalty``.
+    """Trains ``sae``: loss = ‖x − x̂‖² + Σ aux + λ_t·P (see :mod:`saefw.sparsity`; the controller owns λ_t).
 
-    λ_t = λ·min(1, t / warmup) (or, with ``penalty.target_l0``, λ adapted multiplicatively towards that L0);
-    learning rate: linear warmup, constant, linear decay to 0 over the last ``lr_decay_fraction`` of steps.
+    Learning rate: linear warmup, constant, linear decay to 0 over the last ``lr_decay_fraction`` of steps.
     A latent is dead when it has not fired for ``dead_window_tokens`` training tokens."""
 
-    def __init__(self, sae, penalty, train_cfg, total_steps: int):
+    def __init__(self, sae, penalty, controller: SparsityController, train_cfg, total_steps: int):
         super().__init__()
-        self.sae, self.penalty, self.tcfg, self.total_steps = sae, penalty, train_cfg, total_steps
-        self.unit_norm = sae.unit_norm_decoder or penalty.requires_unit_norm_decoder
+        self.sae, self.penalty, self.controller = sae, penalty, controller
+        self.tcfg, self.total_steps = train_cfg, total_steps
         self.register_buffer("tokens_since_fired", torch.zeros(sae.d_sae, dtype=torch.long))
-        self.register_buffer("coefficient", torch.tensor(float(penalty.cfg.coefficient)) if hasattr(
-            penalty.cfg, "coefficient") else torch.tensor(0.0))
-        if self.unit_norm and not sae.unit_norm_decoder:
-            # the penalty (not the arch) demands unit rows: rescale, and keep the W_enc = W_decᵀ init tie
-            sae.set_decoder_norm_to_unit_norm()
-            with torch.no_grad():
-                sae.W_enc.copy_(sae.W_dec.t())
-
-    def current_coefficient(self) -> float:
-        warm = getattr(self.penalty.cfg, "warmup_steps", 0)
-        ramp = min(1.0, (self.global_step + 1) / warm) if warm else 1.0
-        return self.coefficient.item() * ramp
 
     def dead_mask(self) -> torch.Tensor:
         return self.tokens_since_fired >= self.tcfg.dead_window_tokens
@@ -85,33 +78,31 @@ class SAEModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         x = batch.float() * self.sae.input_scale
         if not torch.isfinite(x).all():
-            raise SaefwError(f"non-finite activations (NaN/inf) in training batch {batch_idx} "
-                             f"({(~torch.isfinite(x)).sum().item()} values); checkpoints so far are kept in "
-                             f"{self.trainer.default_root_dir}/checkpoints")
-        coeff = self.current_coefficient()
-        out = self.sae.loss(x, self.penalty, coeff, dead_mask=self.dead_mask())
+            raise SaefwError(f"non-finite activations (NaN/inf) in training batch {batch_idx} (step "
+                             f"{self.global_step}, {(~torch.isfinite(x)).sum().item()} values): not trained "
+                             f"through; checkpoints so far are kept in {self.trainer.default_root_dir}/checkpoints")
+        coeff = self.controller.coefficient(self.global_step)
+        out = compose_loss(self.sae.train_forward(x, dead_mask=self.dead_mask()), self.penalty, coeff)
         with torch.no_grad():
-            fired = (out.f > 0).any(0)
+            active = out.f > 0
             self.tokens_since_fired += x.shape[0]
-            self.tokens_since_fired[fired] = 0
-            l0 = (out.f > 0).float().sum(-1).mean()
-            target = getattr(self.penalty.cfg, "target_l0", None)
-            if target is not None:
-                self.coefficient.mul_(math.exp(self.penalty.cfg.target_l0_rate * (1 if l0 > target else -1)))
+            self.tokens_since_fired[active.any(0)] = 0
+            l0 = active.sum(-1).float().mean()
+            self.controller.update(l0, self.global_step)
         logs = {"train/loss": out.loss.detach(), "train/l0": l0, "train/coefficient": coeff,
                 "train/dead_fraction": self.dead_mask().float().mean(),
                 **{f"train/{k}": v for k, v in out.terms.items()}}
         self.log_dict(logs, prog_bar=False, on_step=True)
         self.log("l0", l0, prog_bar=True, logger=False)
-        self.log("mse", out.terms.get("mse_loss", out.loss.detach()), prog_bar=True, logger=False)
+        self.log("mse", out.terms["mse_loss"], prog_bar=True, logger=False)
         return out.loss
 
     def on_before_optimizer_step(self, optimizer):
-        if self.unit_norm:
+        if self.sae.unit_norm_decoder:
             self.sae.remove_gradient_parallel_to_decoder_directions()
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        if self.unit_norm:
+        if self.sae.unit_norm_decoder:
             self.sae.set_decoder_norm_to_unit_norm()
 
     def configure_optimizers(self):
@@ -142,3 +133,19 @@ class EvalCallback(pl.Callback):
             result = run_evaluators(pl_module.sae, self.source, self.evaluators, self.batch_size, final=False)
             if self.on_result:
                 self.on_result(result, step)
+
+
+class TokenProgressBar(TQDMProgressBar):
+    """Lightning's bar (step/total, ETA) with the training throughput in tokens/s beside it."""
+
+    def __init__(self, batch_size: int):
+        super().__init__()
+        self.batch_size = batch_size
+
+    def get_metrics(self, trainer, pl_module):
+        metrics = super().get_metrics(trainer, pl_module)
+        bar = self.train_progress_bar
+        rate = bar.format_dict.get("rate") if bar is not None else None
+        if rate:
+            metrics["tok/s"] = f"{rate * self.batch_size:,.0f}"
+        return metrics

@@ -6,6 +6,7 @@ import itertools
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# activation stores of the test session live apart from the user's (the CLI subprocesses inherit this)
+os.environ["SAEFW_STORE"] = tempfile.mkdtemp(prefix="saefw-test-stores-")
 
 
 def _word_tokenizer(path: Path):

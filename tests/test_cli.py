@@ -26,10 +26,10 @@ def test_default_job_end_to_end(tiny_model, tmp_path):
                  "checkpoints/last.ckpt"):
         assert (out / name).exists(), name
     assert list((out / "wandb").glob("offline-run-*")), "an offline W&B run must be written"
-    from saefw.io import load_sae
+    from saefw.io import load_sae, sae_metadata
 
     sae = load_sae(out)
-    assert sae.W_enc.shape == (32, 128) and json.loads((out / "cfg.json").read_text())["hook_layer"] == 1
+    assert sae.W_enc.shape == (32, 128) and sae_metadata(out)["layer"] == 1
 
 
 def test_card_command_and_its_layer_error(tiny_model, tmp_path):

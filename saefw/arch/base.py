@@ -8,6 +8,7 @@ and return raw activations; subclasses implement ``_encode``/``_decode`` and ``l
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +23,20 @@ class SparsityInput:
     acts: Tensor
     W_dec: Tensor
     l0: Tensor | None = None
+
+
+@dataclass
+class TrainOutput:
+    """An arch's training forward on scaled activations: unweighted terms, composed by
+    :func:`saefw.sparsity.compose_loss` into ``mse + Σ aux + λ·P(sparsity)``.
+
+    ``f`` [B, d_sae] the latents; ``mse`` = E‖x − x̂‖²; ``sparsity`` what the penalty P reads; ``aux`` extra loss
+    terms added as they are (their weights are arch options, e.g. AuxK's α), keyed by their logged names."""
+
+    f: Tensor
+    mse: Tensor
+    sparsity: SparsityInput
+    aux: dict[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -88,9 +103,28 @@ class SAE(nn.Module):
     def _decode(self, f: Tensor) -> Tensor:
         return f @ self.W_dec + self.b_dec
 
-    def loss(self, x: Tensor, penalty, coefficient: float | Tensor, dead_mask: Tensor | None = None) -> LossOutput:
-        """Training loss on scaled activations ``x`` [B, d_in]; ``dead_mask`` [d_sae] marks dead latents."""
+    def train_forward(self, x: Tensor, dead_mask: Tensor | None = None) -> TrainOutput:
+        """The training forward on scaled activations ``x`` [B, d_in]; ``dead_mask`` [d_sae] marks dead latents."""
         raise NotImplementedError
+
+    def loss(self, x: Tensor, penalty, coefficient: float | Tensor, dead_mask: Tensor | None = None) -> LossOutput:
+        """``mse + Σ aux + coefficient·penalty`` on scaled ``x`` (see :func:`saefw.sparsity.compose_loss`)."""
+        from saefw.sparsity import compose_loss
+
+        return compose_loss(self.train_forward(x, dead_mask), penalty, coefficient)
+
+    @torch.no_grad()
+    def initialize_from_data(self, x: Tensor) -> None:
+        """Data-dependent init from raw activations [N, d_in]: ``input_scale`` so that E‖x‖ = √d_in, then
+        :meth:`init_from_data` on the scaled activations."""
+        from saefw.errors import SaefwError
+
+        if not torch.isfinite(x).all():
+            raise SaefwError(f"the activations contain NaN/inf ({(~torch.isfinite(x)).sum().item()} values in the "
+                             f"first {len(x)} tokens): check the model's dtype and the hook site")
+        x = x.to(self.input_scale.device, torch.float32)
+        self.input_scale.fill_(math.sqrt(self.d_in) / x.norm(dim=-1).mean().clamp_min(1e-12).item())
+        self.init_from_data(x * self.input_scale)
 
     @torch.no_grad()
     def init_from_data(self, x: Tensor) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from saefw.arch.base import SAE, LossOutput, SparsityInput
+from saefw.arch.base import SAE, SparsityInput, TrainOutput
 from saefw.registry import register
 
 
@@ -49,14 +49,14 @@ class GatedSAE(SAE):
         pi_gate, pi_mag = self._pre_acts(x)
         return (pi_gate > 0).to(pi_mag.dtype) * torch.relu(pi_mag)
 
-    def loss(self, x, penalty, coefficient, dead_mask=None) -> LossOutput:
+    def train_forward(self, x, dead_mask=None) -> TrainOutput:
         pi_gate, pi_mag = self._pre_acts(x)
         f = (pi_gate > 0).to(pi_mag.dtype) * torch.relu(pi_mag)
-        x_hat = self._decode(f)
-        mse = (x_hat - x).pow(2).sum(-1).mean()
+        mse = (self._decode(f) - x).pow(2).sum(-1).mean()
         gate_acts = torch.relu(pi_gate)
-        sparsity = penalty(SparsityInput(acts=gate_acts, W_dec=self.W_dec))
-        x_hat_frozen = gate_acts @ self.W_dec.detach() + self.b_dec.detach()
-        aux = (x_hat_frozen - x).pow(2).sum(-1).mean()
-        return LossOutput(mse + coefficient * sparsity + aux, f,
-                          {"mse_loss": mse.detach(), "sparsity_loss": sparsity.detach(), "aux_loss": aux.detach()})
+        # The decoder is frozen in the aux term AND in the penalty's decoder norms: frozen in one place only, the
+        # penalty shrinks ‖W_dec,i‖ with nothing pushing back, which lowers the effective λ until the gates fire
+        # densely (SmolLM2 layer 25: L0 490 of 4,608). Rajamanoharan et al.: freeze both or neither.
+        W_dec = self.W_dec.detach()
+        aux = (gate_acts @ W_dec + self.b_dec.detach() - x).pow(2).sum(-1).mean()
+        return TrainOutput(f, mse, SparsityInput(acts=gate_acts, W_dec=W_dec), {"aux_loss": aux})

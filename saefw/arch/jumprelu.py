@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from saefw.arch.base import SAE, LossOutput, SparsityInput
+from saefw.arch.base import SAE, SparsityInput, TrainOutput
 from saefw.registry import register
 
 
@@ -139,13 +139,10 @@ class JumpReLUSAE(SAE):
         z = self.pre_acts(x)
         return z * (z > self.threshold).to(z.dtype)
 
-    def loss(self, x, penalty, coefficient, dead_mask=None) -> LossOutput:
+    def train_forward(self, x, dead_mask=None) -> TrainOutput:
         z = self.pre_acts(x)
         theta = self.threshold
         f = jumprelu(z, theta, self.bandwidth)
-        x_hat = self._decode(f)
-        mse = (x_hat - x).pow(2).sum(-1).mean()
+        mse = (self._decode(f) - x).pow(2).sum(-1).mean()
         l0 = step(z, theta, self.bandwidth).sum(-1)
-        sparsity = penalty(SparsityInput(acts=f, W_dec=self.W_dec, l0=l0))
-        return LossOutput(mse + coefficient * sparsity, f,
-                          {"mse_loss": mse.detach(), "sparsity_loss": sparsity.detach()})
+        return TrainOutput(f, mse, SparsityInput(acts=f, W_dec=self.W_dec, l0=l0))

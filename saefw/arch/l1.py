@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from saefw.arch.base import SAE, LossOutput, SparsityInput
+from saefw.arch.base import SAE, SparsityInput, TrainOutput
 from saefw.registry import register
 
 
@@ -31,9 +31,7 @@ class L1SAE(SAE):
     def _encode(self, x: Tensor) -> Tensor:
         return torch.relu(self.pre_acts(x))
 
-    def loss(self, x, penalty, coefficient, dead_mask=None) -> LossOutput:
+    def train_forward(self, x, dead_mask=None) -> TrainOutput:
         f = self._encode(x)
-        x_hat = self._decode(f)
-        mse = (x_hat - x).pow(2).sum(-1).mean()
-        sparsity = penalty(SparsityInput(acts=f, W_dec=self.W_dec))
-        return LossOutput(mse + coefficient * sparsity, f, {"mse_loss": mse.detach(), "sparsity_loss": sparsity.detach()})
+        mse = (self._decode(f) - x).pow(2).sum(-1).mean()
+        return TrainOutput(f, mse, SparsityInput(acts=f, W_dec=self.W_dec))

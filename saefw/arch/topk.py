@@ -4,16 +4,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from omegaconf import II
 from torch import Tensor
 
-from saefw.arch.base import SAE, LossOutput, SparsityInput, auxk_loss
+from saefw.arch.base import SAE, SparsityInput, TrainOutput, auxk_loss
 from saefw.errors import SaefwError
 from saefw.registry import register
 
 
 @dataclass
 class TopKConfig:
-    k: int = 32  # latents kept per token
+    k: int = II("target_l0")  # latents kept per token (default: the run's target_l0)
     k_aux: int | None = None  # dead latents the AuxK loss may use; None -> d_in // 2 (Gao et al.)
     aux_coefficient: float = 1 / 32  # α
 
@@ -21,7 +22,8 @@ class TopKConfig:
 def resolve_k(arch: str, k, k_aux, d_in: int, d_sae: int) -> tuple[int, int]:
     """Validated (k, k_aux) for the top-k archs; k_aux defaults to d_in // 2 (Gao et al.)."""
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= d_sae:
-        raise SaefwError(f"arch.k={k!r} is invalid for {arch}: it must be an integer in [1, d_sae={d_sae}]")
+        raise SaefwError(f"arch.k={k!r} is invalid for {arch}: it must be an integer in [1, d_sae={d_sae}] "
+                         f"(k defaults to the run's target_l0)")
     if k_aux is not None and (not isinstance(k_aux, int) or k_aux < 1):
         raise SaefwError(f"arch.k_aux={k_aux!r} is invalid for {arch}: it must be a positive integer or null")
     return k, k_aux if k_aux is not None else max(1, d_in // 2)
@@ -57,14 +59,10 @@ class TopKSAE(SAE):
         """The latents used in training (BatchTopK overrides this)."""
         return self.topk_acts(z)
 
-    def loss(self, x, penalty, coefficient, dead_mask=None) -> LossOutput:
+    def train_forward(self, x, dead_mask=None) -> TrainOutput:
         z = self.pre_acts(x)
         f = self.train_acts(z)
         x_hat = self._decode(f)
         mse = (x_hat - x).pow(2).sum(-1).mean()
-        aux = auxk_loss(z, x, x_hat, self.W_dec, dead_mask, self.k_aux)
-        # penalty is "none" for the top-k archs; called anyway so every arch trains through the same interface
-        sparsity = torch.as_tensor(penalty(SparsityInput(acts=f, W_dec=self.W_dec)), dtype=z.dtype, device=z.device)
-        loss = mse + self.cfg.aux_coefficient * aux + coefficient * sparsity
-        return LossOutput(loss, f, {"mse_loss": mse.detach(), "aux_loss": aux.detach(),
-                                    "sparsity_loss": sparsity.detach()})
+        aux = self.cfg.aux_coefficient * auxk_loss(z, x, x_hat, self.W_dec, dead_mask, self.k_aux)
+        return TrainOutput(f, mse, SparsityInput(acts=f, W_dec=self.W_dec), {"aux_loss": aux})

@@ -11,15 +11,18 @@ from saefw.registry import register
 @dataclass
 class DeadFeaturesConfig:
     density_floor: float = 1e-7  # log10 of a never-firing latent is drawn at this density
+    dense_threshold: float = 0.1  # a latent firing on more than this fraction of tokens is dense
 
 
 @register("evaluator", "dead_features", DeadFeaturesConfig)
 class DeadFeaturesEvaluator(Evaluator):
-    """dead_fraction = #{i : f_i never > 0 on the held-out tokens} / d_sae;
-    feature_density = log10(firing frequency) per latent (a histogram).
+    """On the held-out tokens: dead_fraction_heldout = #{i : f_i never > 0} / d_sae; dense_fraction =
+    #{i : P(f_i > 0) > dense_threshold} / d_sae; feature_density = log10 firing frequency per latent (a
+    histogram).
 
-    The training module also logs ``train/dead_fraction`` over a sliding window of training tokens
-    (``train.dead_window_tokens``)."""
+    A few thousand held-out tokens overstate deadness (a rare latent may simply not occur in them), so a training
+    run reports ``dead_fraction`` from its training stream instead: the latents that did not fire over the last
+    ``train.dead_window_tokens`` training tokens (100k by default)."""
 
     def begin(self, sae, source):
         super().begin(sae, source)
@@ -36,7 +39,7 @@ class DeadFeaturesEvaluator(Evaluator):
             return {}
         freq = self.fires.double().cpu() / self.n
         return {
-            "dead_fraction": (self.fires == 0).double().mean().item(),
-            "dense_fraction": (freq > 0.1).double().mean().item(),
+            "dead_fraction_heldout": (self.fires == 0).double().mean().item(),
+            "dense_fraction": (freq > self.cfg.dense_threshold).double().mean().item(),
             "feature_density": torch.log10(freq.clamp_min(self.cfg.density_floor)).float(),
         }

@@ -10,13 +10,10 @@ from saefw.arch.base import SparsityInput
 
 @dataclass
 class PenaltyConfig:
-    """Shared options. ``coefficient`` is λ; it ramps linearly from 0 over ``warmup_steps``.
-    With ``target_l0`` set, λ is adapted multiplicatively each step towards that training L0."""
+    """``coefficient`` is λ where training starts; the :class:`~saefw.sparsity.SparsityController` owns it from
+    there (warmup, adaptation towards the run's ``target_l0``, freeze)."""
 
     coefficient: float = 5.0
-    warmup_steps: int = 0
-    target_l0: float | None = None
-    target_l0_rate: float = 0.01  # per step: λ ← λ·exp(rate·sign(L0 − target))
 
 
 class Penalty:

@@ -1,7 +1,7 @@
 """The activation-source interface: batches of activations [B, d_in], a train stream and a held-out split."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -9,28 +9,32 @@ from torch import Tensor
 
 @dataclass
 class RunSpec:
-    """Top-level run keys every source receives (a source may ignore the ones it does not use)."""
+    """What the run asks of every source: its seed and how many training tokens it will consume (the run plan
+    owns the budget; see :class:`saefw.plan.RunPlan`)."""
 
-    model: str
-    layer: int
-    site: str
     seed: int
-    total_tokens: int
+    train_tokens: int
 
 
 class ActivationSource:
     """Base class. ``setup()`` does the heavy work (load a model, harvest); the rest is cheap.
 
-    * ``train_batches(batch_size)`` yields shuffled training batches until ``spec.total_tokens`` are served.
-    * ``eval_batches(batch_size)`` yields the held-out split, the same tokens every call.
+    * ``train_batches(batch_size)`` yields exactly ``spec.train_tokens // batch_size`` shuffled batches.
+    * ``eval_batches(batch_size)`` yields the held-out split, the same tokens every call. When the source has
+      ``tokens_per_context`` set, every batch holds whole contexts of that many rows (evaluators then report
+      per-context standard errors); otherwise every token is its own unit.
     * ``lm`` is a :class:`saefw.lm.LanguageModel` when the activations come from a language model
       (needed by ``loss_recovered``); ``ground_truth`` holds known feature directions [n, d_in] (synthetic).
+    * ``harvest_seconds`` and ``store_status`` (``hit``/``miss``/``off``) say what the run paid for its data.
     """
 
     plugin_name = "?"
     d_in: int
     lm = None
     ground_truth: Tensor | None = None
+    tokens_per_context: int | None = None
+    harvest_seconds: float = 0.0
+    store_status: str = "off"
 
     def __init__(self, cfg, spec: RunSpec):
         self.cfg, self.spec = cfg, spec
@@ -44,6 +48,13 @@ class ActivationSource:
     def eval_batches(self, batch_size: int) -> Iterator[Tensor]:
         raise NotImplementedError
 
+    def cached(self, name: str, compute: Callable[[], dict]) -> dict:
+        """``compute()`` once per source and ``name`` (sources with a store keep it on disk across runs)."""
+        memo = self.__dict__.setdefault("_memo", {})
+        if name not in memo:
+            memo[name] = compute()
+        return memo[name]
+
     def describe(self) -> dict:
-        """Provenance written to the SAE's cfg.json (SAELens keys where they exist)."""
-        return {"source": self.plugin_name}
+        """Provenance recorded with the SAE and in metrics.json (an LM source gives model, layer, site, ...)."""
+        return {}

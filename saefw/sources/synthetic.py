@@ -71,7 +71,7 @@ class SyntheticActivationSource(ActivationSource):
     * a_i = |m_i|, m_i ~ N(magnitude_mean, magnitude_std²) (folded normal: non-negative, ≈ N for mean ≫ std).
     * ε ~ N(0, noise_std²·I).
 
-    ``ground_truth`` holds the directions [n_features, d]. The model/layer/site keys of the run are ignored."""
+    ``ground_truth`` holds the directions [n_features, d]. It has no model, layer or site."""
 
     def __init__(self, cfg: SyntheticSourceConfig, spec: RunSpec):
         super().__init__(cfg, spec)
@@ -107,10 +107,8 @@ class SyntheticActivationSource(ActivationSource):
 
     def train_batches(self, batch_size: int) -> Iterator[Tensor]:
         g = torch.Generator().manual_seed(_seed(_TRAIN, self.spec.seed))
-        served = 0
-        while served < self.spec.total_tokens:
+        for _ in range(self.spec.train_tokens // batch_size):
             yield self.sample(batch_size, g)
-            served += batch_size
 
     def eval_batches(self, batch_size: int) -> Iterator[Tensor]:
         if self._eval is None:
@@ -120,7 +118,7 @@ class SyntheticActivationSource(ActivationSource):
 
     def describe(self) -> dict:
         c = self.cfg
-        return {"source": "synthetic", "d": c.d, "n_features": c.n_features, "target_l0": c.target_l0,
+        return {"d": c.d, "n_features": c.n_features, "target_l0": c.target_l0,
                 "zipf_exponent": c.zipf_exponent, "magnitude_mean": c.magnitude_mean,
                 "magnitude_std": c.magnitude_std, "noise_std": c.noise_std, "correlation": c.correlation,
                 "correlation_groups": c.correlation_groups, "feature_seed": c.feature_seed}

@@ -57,7 +57,7 @@ def test_aux_loss_with_dead_latents():
     x_hat = sae.decode(out.f)
     aux = auxk_loss(z, x, x_hat, sae.W_dec, dead, 3)
     assert aux.item() > 0
-    assert out.terms["aux_loss"].item() == pytest.approx(aux.item())
+    assert out.terms["aux_loss"].item() == pytest.approx(sae.cfg.aux_coefficient * aux.item())
     assert out.loss.item() == pytest.approx(out.terms["mse_loss"].item() + aux.item() / 32)
 
 

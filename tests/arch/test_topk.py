@@ -71,7 +71,7 @@ def test_auxk_uses_only_dead_latents():
     # V_x = ‖x − x̄‖² = ‖x0 − x1‖²/4 = (1 + 4 + .49 + 1.69)/4 = 1.795 for both tokens
     aux = 1.795 * 1.425 / 0.545
     mse = (1.25 + 0.13) / 2
-    assert out.terms["aux_loss"].item() == pytest.approx(aux, rel=1e-9)
+    assert out.terms["aux_loss"].item() == pytest.approx(ALPHA * aux, rel=1e-9)  # logged as added to the loss
     assert out.terms["mse_loss"].item() == pytest.approx(mse, rel=1e-9)
     assert out.loss.item() == pytest.approx(mse + ALPHA * aux, rel=1e-9)
 

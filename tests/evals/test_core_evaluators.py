@@ -52,7 +52,7 @@ def test_l0_reconstruction_shrinkage_dead_against_numpy():
     assert out["shrinkage"] == pytest.approx((xh * xh).sum() / (xh * xn).sum(), rel=1e-6)
     fired = (f > 0).any(0)
     assert not fired[3]
-    assert out["dead_fraction"] == pytest.approx((~fired).mean())
+    assert out["dead_fraction_heldout"] == pytest.approx((~fired).mean())
     dens = out["feature_density"].numpy()
     assert dens.shape == (10,)
     np.testing.assert_allclose(dens[fired], np.log10((f > 0).mean(0)[fired]), rtol=1e-5)

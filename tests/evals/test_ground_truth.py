@@ -124,7 +124,7 @@ def test_skipped_without_ground_truth_and_usable_with_synthetic_source():
 
     assert not usable(ev, NoTruth())
     src = build("source", {"name": "synthetic", "d": 8, "n_features": 12, "eval_tokens": 64},
-                spec=RunSpec("m", 0, "s", 0, 100))
+                spec=RunSpec(seed=0, train_tokens=100))
     assert usable(ev, src)
     out = run_evaluators(_sae_with_decoder(src.ground_truth.flip(0)), src, [ev])
     assert out["mmcs"] == pytest.approx(1.0, abs=1e-6) and out["frac_recovered"] == 1.0

@@ -1,4 +1,6 @@
 """loss_recovered against a manual splice written here with plain forward hooks."""
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,8 +12,8 @@ from saefw.sources.base import RunSpec
 
 def test_loss_recovered_matches_manual_splice(tiny_models):
     discover()
-    spec = RunSpec(model=str(tiny_models["gpt2"]), layer=1, site="resid_post", seed=0, total_tokens=1000)
-    src = build("source", {"name": "hf", "context_size": 12, "eval_contexts": 5}, spec=spec)
+    src = build("source", {"name": "hf", "model": str(tiny_models["gpt2"]), "layer": 1, "site": "resid_post",
+                           "context_size": 12, "eval_contexts": 5}, spec=RunSpec(seed=0, train_tokens=1000))
     src.setup()
     torch.manual_seed(0)
     sae = build("arch", {"name": "l1"}, d_in=src.d_in, d_sae=64)
@@ -50,11 +52,12 @@ def test_loss_recovered_matches_manual_splice(tiny_models):
     lp, lq = F.log_softmax(clean[:, 1:-1], -1), F.log_softmax(spliced[:, 1:-1], -1)
     kl = F.kl_div(lq, lp, log_target=True, reduction="none").sum(-1).mean().item()
     assert out["kl_div"] == pytest.approx(kl, rel=1e-4)
-    # ce_clean/ce_zero are cached on the source and reused on the next evaluation
-    assert src._ce_baselines[5] == (pytest.approx(c, rel=1e-5), pytest.approx(z, rel=1e-5))
+    # ce_zero is cached beside the held-out store (one value per context) and reused by the next evaluation
+    cache = json.loads((src.eval_store.path / "cache-ce_zero_5.json").read_text())["ce_zero"]
+    assert len(cache) == 5 and sum(cache) / 5 == pytest.approx(z, rel=1e-5)
     # a periodic evaluation during training scores only the first contexts_during_training contexts
     ev.cfg.contexts_during_training = 2
     partial = run_evaluators(sae, src, [ev], final=False)
     tok = tok[:2]
     assert partial["ce_clean"] == pytest.approx(ce(forward(lambda h: h)), rel=1e-5)
-    assert sorted(src._ce_baselines) == [2, 5]
+    assert (src.eval_store.path / "cache-ce_zero_2.json").is_file()

@@ -63,11 +63,9 @@ def test_none_is_a_zero_scalar_on_the_acts_dtype_and_has_no_options():
         make_config("penalty", "none", {"coefficient": 1.0})
 
 
-def test_training_module_takes_lambda_zero_for_the_none_penalty():
-    from saefw.config import TrainConfig
-    from saefw.train import SAEModule
+def test_controller_takes_lambda_zero_for_the_none_penalty():
+    from saefw.sparsity import SparsityConfig, SparsityController
 
-    discover()
-    sae = build("arch", {"name": "batchtopk", "k": 2}, d_in=4, d_sae=8)
-    module = SAEModule(sae, _penalty("none"), TrainConfig(), total_steps=10)
-    assert module.current_coefficient() == 0.0
+    controller = SparsityController(SparsityConfig(), 0.0, target_l0=8, total_steps=10, active=False)
+    controller.update(torch.tensor(100.0), step=5)
+    assert controller.coefficient(5) == 0.0 and not controller.adapting

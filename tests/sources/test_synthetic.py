@@ -12,16 +12,16 @@ from saefw.sources.synthetic import SyntheticActivationSource, SyntheticSourceCo
 
 
 def _source(seed=0, total_tokens=8192, **cfg):
-    return SyntheticActivationSource(SyntheticSourceConfig(**cfg), RunSpec("m", 0, "s", seed, total_tokens))
+    return SyntheticActivationSource(SyntheticSourceConfig(**cfg), RunSpec(seed=seed, train_tokens=total_tokens))
 
 
 def test_registered_and_built_from_config():
     discover()
-    src = build("source", {"name": "synthetic", "d": 16, "n_features": 40}, spec=RunSpec("m", 0, "s", 0, 100))
+    src = build("source", {"name": "synthetic", "d": 16, "n_features": 40}, spec=RunSpec(seed=0, train_tokens=100))
     assert isinstance(src, SyntheticActivationSource)
     assert src.d_in == 16 and src.lm is None
     assert src.ground_truth.shape == (40, 16)
-    assert src.describe()["source"] == "synthetic" and src.describe()["n_features"] == 40
+    assert src.describe()["n_features"] == 40 and "layer" not in src.describe()
 
 
 def test_directions_unit_norm_and_fixed_by_feature_seed_only():
@@ -98,7 +98,7 @@ def test_noise_adds_isotropic_gaussian():
 
 def test_train_stream_seeded_by_run_seed_and_budgeted():
     a = list(_source(seed=0, total_tokens=1000).train_batches(256))
-    assert [len(b) for b in a] == [256] * 4  # full batches until ≥ total_tokens are served
+    assert [len(b) for b in a] == [256] * 3  # exactly train_tokens // batch_size batches
     a2 = list(_source(seed=0, total_tokens=1000).train_batches(256))
     b = list(_source(seed=1, total_tokens=1000).train_batches(256))
     assert all(torch.equal(u, v) for u, v in zip(a, a2))

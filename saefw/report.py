@@ -1,0 +1,130 @@
+"""What a run reports: loggers (CSV, W&B), the evaluation history, metrics.json, plots and the printed summary.
+
+The metrics record is built in one place (:meth:`Reporter.record`) for the normal and the interrupted exit."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+SUMMARY_KEYS = ("l0", "explained_variance", "ce_loss_recovered", "ce_delta", "kl_div", "dead_fraction",
+                "shrinkage", "mmcs")
+
+
+def scalars(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.ndim == 0)}
+
+
+def _sweep_group(cfg: DictConfig) -> str | None:
+    if cfg.wandb.group is not None:
+        return cfg.wandb.group
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        return Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else None
+    except ValueError:  # not inside a Hydra app
+        return None
+
+
+class Reporter:
+    """Collects a run's results and writes them into ``run_dir``."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, base: dict):
+        self.cfg, self.run_dir, self.base = cfg, Path(run_dir), dict(base)
+        self.history: list[dict] = []
+        self.t0 = time.time()
+        self.loggers = self._make_loggers()
+
+    def elapsed(self) -> float:
+        return time.time() - self.t0
+
+    def _make_loggers(self) -> list:
+        from pytorch_lightning.loggers import CSVLogger, WandbLogger
+
+        cfg = self.cfg
+        loggers = [CSVLogger(save_dir=str(self.run_dir), name="csv", version="")]
+        if cfg.wandb.mode != "disabled":
+            os.environ.setdefault("WANDB_SILENT", "true")
+            if cfg.wandb.mode == "offline":
+                os.environ["WANDB_MODE"] = "offline"  # never a login prompt
+            tags = [f"arch:{self.base['arch']}"] + [f"{k}:{self.base[k]}" for k in ("layer", "site")
+                                                    if self.base.get(k) is not None]
+            loggers.append(WandbLogger(project=cfg.wandb.project, entity=cfg.wandb.entity, group=_sweep_group(cfg),
+                                       name=cfg.wandb.name or self.run_dir.name, tags=tags + list(cfg.wandb.tags),
+                                       save_dir=str(self.run_dir), offline=cfg.wandb.mode == "offline",
+                                       config=OmegaConf.to_container(cfg, resolve=True)))
+        return loggers
+
+    def _wandb(self):
+        from pytorch_lightning.loggers import WandbLogger
+
+        return [lg for lg in self.loggers if isinstance(lg, WandbLogger)]
+
+    def log_eval(self, metrics: dict, step: int, periodic: bool = True) -> None:
+        if periodic:
+            self.history.append({"step": step, **scalars(metrics)})
+        for lg in self.loggers:
+            lg.log_metrics({"eval/" + k: v for k, v in scalars(metrics).items()}, step=step)
+        hist = {"eval/" + k: v for k, v in metrics.items() if torch.is_tensor(v) and v.ndim == 1}
+        if hist:
+            import wandb
+
+            for lg in self._wandb():
+                lg.experiment.log({k: wandb.Histogram(v.numpy()) for k, v in hist.items()}, step=step)
+
+    def record(self, metrics: dict, steps: int, tokens: int, interrupted: bool, **extra) -> dict:
+        """The metrics.json record (the same keys for a finished and an interrupted run)."""
+        return {**scalars(metrics), **self.base, "steps": steps, "tokens": tokens, "interrupted": interrupted,
+                **extra, "wall_seconds": round(self.elapsed(), 1), "history": self.history}
+
+    def write(self, record: dict, metrics: dict | None = None, status: str = "success") -> None:
+        for lg in self._wandb():
+            lg.experiment.summary.update({k: v for k, v in record.items() if isinstance(v, (int, float, str))})
+        for lg in self.loggers:
+            lg.finalize(status)
+        tmp = self.run_dir / "metrics.json.partial"
+        tmp.write_text(json.dumps(record, indent=2))
+        tmp.replace(self.run_dir / "metrics.json")
+        if metrics is not None and metrics.get("feature_density") is not None:
+            plot_density(metrics["feature_density"], self.run_dir / "feature_density.png")
+
+
+def plot_density(density: torch.Tensor, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.hist(density.numpy(), bins=50)
+    ax.set_xlabel("log10 firing frequency (held-out tokens)")
+    ax.set_ylabel("latents")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _fmt(record: dict, key: str) -> str:
+    se = record.get(f"{key}_se")
+    return f"{record[key]:.4f}" + (f" ± {se:.4f}" if se is not None else "")
+
+
+def print_summary(record: dict, run_dir: Path, title: str = "saefw run summary") -> None:
+    rows = [("arch", record.get("arch")), ("penalty", record.get("penalty"))]
+    if record.get("layer") is not None:
+        rows.append(("layer / site", f"{record['layer']} / {record['site']}"))
+    if "tokens" in record:
+        rows.append(("tokens", f"{record['tokens']:,}"))
+    rows += [(k, _fmt(record, k)) for k in SUMMARY_KEYS if k in record]
+    if "activation_store" in record:
+        rows.append(("activation store", f"{record['activation_store']} (harvest {record['harvest_seconds']:.0f} s)"))
+    rows += [("wall time", f"{record['wall_seconds']:.0f} s"), ("run dir", str(run_dir))]
+    rows = [(k, v) for k, v in rows if v is not None]
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(["", title, "-" * 40] + [f"{k:<{width}}  {v}" for k, v in rows]), flush=True)
