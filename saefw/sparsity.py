@@ -29,20 +29,28 @@ def compose_loss(out: TrainOutput, penalty, coefficient: float | Tensor) -> Loss
 class SparsityConfig:
     """How λ moves during training (the penalty's ``coefficient`` is where it starts).
 
-    With a target L0 (the top-level ``target_l0``; penalised archs only — top-k archs use it as k), λ adapts
-    multiplicatively towards it: log λ ← log λ + rate·clip(log(L0_ema / target), ±1), from the first step
-    until the last ``freeze_fraction`` of training, where λ is held at its final value so the SAE converges
-    under one fixed objective. ``warmup_fraction`` ramps λ linearly from 0 over the first part of training
-    (with or without a target), so early dense latents are not killed before they have learned anything."""
+    ``warmup_fraction``: λ ramps linearly from 0 over the first part of training, so early dense latents are not
+    killed before they have learned anything. With a target L0 (the run's ``target_l0``; penalised archs only —
+    the top-k archs take it as k), λ then adapts multiplicatively,
 
-    adapt_rate: float = 0.03
-    ema: float = 0.1  # weight of the newest batch's L0 in the running estimate the controller reads
-    freeze_fraction: float = 0.2
+        log λ ← log λ + adapt_rate · clip(log(L0_ema / L0*_t), ±1),
+
+    towards a target that itself descends geometrically from the L0 seen when the warmup ends to ``target_l0``
+    over the first ``anneal_fraction`` of training. An untrained SAE is dense and gets sparser by itself as it
+    learns, so chasing the final target from the first step would drive λ far too high and collapse L0 (and
+    kill latents) before it recovers. Over the last ``freeze_fraction`` λ is held, so the SAE converges under one
+    fixed objective."""
+
+    adapt_rate: float = 0.02
+    ema: float = 0.2  # weight of the newest batch's L0 in the running estimate the controller reads
+    anneal_fraction: float = 0.5
+    freeze_fraction: float = 0.1
     warmup_fraction: float = 0.05
 
 
 class SparsityController(nn.Module):
-    """Owns λ_t. Its state (log λ, the L0 estimate) is a pair of buffers, so checkpoints carry it."""
+    """Owns λ_t. Its state (log λ, the L0 estimate, the L0 where the anneal starts) lives in buffers, so
+    checkpoints carry it."""
 
     def __init__(self, cfg: SparsityConfig, initial: float, target_l0: float | None, total_steps: int,
                  active: bool = True):
@@ -50,31 +58,48 @@ class SparsityController(nn.Module):
         self.cfg, self.target, self.total_steps, self.active = cfg, target_l0, total_steps, active
         self.register_buffer("log_coefficient", torch.tensor(math.log(initial) if initial > 0 else -math.inf))
         self.register_buffer("l0_ema", torch.tensor(float("nan")))
+        self.register_buffer("l0_start", torch.tensor(float("nan")))
 
     @property
     def adapting(self) -> bool:
         return self.active and self.target is not None and math.isfinite(self.log_coefficient.item())
 
+    def _warm_steps(self) -> float:
+        return self.cfg.warmup_fraction * self.total_steps
+
     def coefficient(self, step: int) -> float:
         """λ_t (0 for archs without a penalty)."""
         if not self.active:
             return 0.0
-        warm = self.cfg.warmup_fraction * self.total_steps
+        warm = self._warm_steps()
         ramp = min(1.0, (step + 1) / warm) if warm >= 1 else 1.0
         return math.exp(self.log_coefficient.item()) * ramp
+
+    def target_at(self, step: int) -> float:
+        """L0*_t: from the L0 of the first step down to the target, geometrically."""
+        anneal = self.cfg.anneal_fraction * self.total_steps
+        start = self.l0_start.item()
+        if math.isnan(start) or start <= self.target or step >= anneal:
+            return self.target
+        return self.target * (start / self.target) ** (1 - step / anneal)
 
     def frozen(self, step: int) -> bool:
         return step >= (1 - self.cfg.freeze_fraction) * self.total_steps
 
     @torch.no_grad()
     def update(self, l0: Tensor, step: int) -> None:
-        """Feed the batch's L0; move λ towards the target (outside the warmup ramp and the frozen tail)."""
+        """Feed the batch's L0; move λ towards L0*_t (except in the frozen tail). The warmup ramp multiplies λ
+        and the anneal starts at the first step's L0, so the error is ~0 early on and nothing winds up."""
         if not self.adapting:
             return
         l0 = l0.float().clamp_min(1e-3)
         ema = l0 if torch.isnan(self.l0_ema) else torch.lerp(self.l0_ema, l0, self.cfg.ema)
         self.l0_ema.copy_(ema)
-        if self.frozen(step) or step < self.cfg.warmup_fraction * self.total_steps:
-            return  # no integral wind-up while λ is ramped, nothing after the freeze
-        err = torch.log(ema / self.target).clamp(-1.0, 1.0)
-        self.log_coefficient.add_(self.cfg.adapt_rate * err)
+        if torch.isnan(self.l0_start):
+            self.l0_start.copy_(ema)
+        if self.frozen(step):
+            return
+        err = torch.log(ema / self.target_at(step)).clamp(-1.0, 1.0)
+        # too sparse is worse than too dense (latents that stop firing may never come back): back off twice as fast
+        rate = self.cfg.adapt_rate * (2.0 if err < 0 else 1.0)
+        self.log_coefficient.add_(rate * err)

@@ -11,18 +11,25 @@ from saefw.registry import discover, names
 
 def test_cli_l1_recovers_synthetic_features(tmp_path):
     out = tmp_path / "run"
-    # 200k tokens (~200 steps, a few seconds of training): mmcs 0.992–0.994 over 5 seeds; 0.98 at 150k
-    r = run_cli("+experiment=synthetic", "arch=l1", "penalty.coefficient=2", "total_tokens=200000",
+    # fixed λ = 2 for 200k tokens (~200 steps, a few seconds of training): mmcs 0.99
+    r = run_cli("+experiment=synthetic", "arch=l1", "target_l0=null", "penalty.coefficient=2", "total_tokens=200000",
                 "wandb.mode=disabled", "trainer.enable_progress_bar=false", f"hydra.run.dir={out}",
                 cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())
-    assert m["source"] == "synthetic" and m["d_in"] == 64 and m["d_sae"] == 512
+    assert m["source"] == "synthetic" and m["d_in"] == 64 and m["d_sae"] == 512 and m["layer"] is None
     assert m["mmcs"] >= 0.95, m
     assert m["frac_recovered"] >= 0.9, m
     assert m["tokens"] >= 200000 - 1024
     cfg = json.loads((out / "cfg.json").read_text())
     assert cfg["source"] == "synthetic" and cfg["n_features"] == 256 and cfg["feature_seed"] == 0
+    assert out.name == "run" and "_L" not in str(m)  # no layer/site for a source without a model
+
+
+def test_lm_keys_with_a_non_lm_source_are_an_error(tmp_path):
+    r = run_cli("+experiment=synthetic", "layer=99", "site=foo", f"hydra.run.dir={tmp_path / 'x'}", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "error: layer=99, site=foo: source=synthetic reads no language model" in r.stderr
 
 
 @pytest.mark.parametrize("arch", ["l1", "gated", "topk", "jumprelu", "batchtopk"])
