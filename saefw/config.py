@@ -52,6 +52,9 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     trainer: dict[str, Any] = field(default_factory=dict)  # passed as-is to pytorch_lightning.Trainer
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    # what the job returns to an optimising sweeper (Optuna): null | metric | [metrics] | {metrics, targets};
+    # see saefw/objective.py
+    objective: Any = None
 
 
 def store_schema() -> None:
