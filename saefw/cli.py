@@ -78,6 +78,7 @@ def command(config_name: str, task: Callable[[Any, Path], Any], argv: list[str] 
     argv = sys.argv[1:] if argv is None else argv
     sys.argv = [sys.argv[0], *normalise_overrides(argv)]
     store_schema()
+    _tally.__init__()
     try:
         discover()
     except SaefwError as exc:

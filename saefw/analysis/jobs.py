@@ -25,8 +25,11 @@ class Job:
 
     @property
     def status(self) -> str:
-        """``ok`` unless the job recorded otherwise (run.py writes no status; a failed job writes ``failed``)."""
-        return str(self.record.get("status") or "ok")
+        """``ok`` unless the job recorded otherwise (run.py writes no status; a failed job writes ``failed``; a
+        run stopped by Ctrl-C is ``interrupted``, its metrics those of its last evaluation)."""
+        if self.record.get("status"):
+            return str(self.record["status"])
+        return "interrupted" if self.record.get("interrupted") is True else "ok"
 
     @property
     def sweep_dir(self) -> Path:

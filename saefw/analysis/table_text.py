@@ -9,6 +9,7 @@ from pathlib import Path
 from saefw.analysis.tradeoff import Tradeoff, number
 from saefw.atomic import write_text
 
+_NO_ERROR = {"interrupted": "stopped before the end of training", "failed": "(no error recorded)"}
 _PRINTED = ("l0", "ce_loss_recovered", "explained_variance", "ce_delta", "kl_div", "dead_fraction")
 
 
@@ -64,7 +65,8 @@ def format_table(table: Tradeoff) -> str:
     failed = table.failed_rows()
     if failed:
         lines.append("")
-        lines += [f"failed {r['sweep']}/{r['job']}: {r.get('error') or '(no error recorded)'}" for r in failed]
+        lines += [f"{r['status']} {r['sweep']}/{r['job']}: {r.get('error') or _NO_ERROR.get(r['status'], '')}"
+                  for r in failed]
     for result, names in table.optuna:
         lines.append("")
         lines += result.describe(names)

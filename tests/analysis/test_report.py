@@ -178,6 +178,13 @@ def test_wandb_mode_is_checked(tmp_path):
         compare([_sweep(tmp_path)], tmp_path / "o", WandbSettings(mode="sometimes"), echo=False)
 
 
+def test_interrupted_run_is_listed_but_not_on_the_frontier(tmp_path):
+    make_job(tmp_path / "s", "0_l1", {**BASE, "arch": "l1", "l0": 5.0, "ce_loss_recovered": 0.9, "interrupted": True})
+    make_job(tmp_path / "s", "1_l1", {**BASE, "arch": "l1", "l0": 20.0, "ce_loss_recovered": 0.4, "interrupted": False})
+    rows = read_csv(compare([tmp_path / "s"], tmp_path / "o", WandbSettings(mode="disabled"), echo=False).csv)
+    assert [(r["status"], r["frontier"]) for r in rows] == [("interrupted", "False"), ("ok", "True")]
+
+
 def test_nan_metrics_stay_in_the_table_but_off_the_frontier(tmp_path):
     make_job(tmp_path / "s", "0_l1", {**BASE, "arch": "l1", "l0": math.nan, "ce_loss_recovered": 0.5})
     make_job(tmp_path / "s", "1_l1", {**BASE, "arch": "l1", "l0": 20.0, "ce_loss_recovered": 0.4})
