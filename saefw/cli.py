@@ -38,9 +38,14 @@ def conf_dir() -> Path:
 
 
 class _SweepTally:
-    """Jobs run and failed in this process's multirun (Hydra's basic launcher runs every job in-process)."""
+    """Jobs run and failed in this process's multirun. Hydra's basic launcher (and the Optuna sweeper on it) run
+    every job in-process; a launcher that runs jobs elsewhere still gets their failures recorded in the job dirs
+    and the compare table, but not in this process's exit status."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.jobs = 0
         self.failed: list[str] = []
 
@@ -78,7 +83,7 @@ def command(config_name: str, task: Callable[[Any, Path], Any], argv: list[str] 
     argv = sys.argv[1:] if argv is None else argv
     sys.argv = [sys.argv[0], *normalise_overrides(argv)]
     store_schema()
-    _tally.__init__()
+    _tally.reset()
     try:
         discover()
     except SaefwError as exc:
@@ -150,8 +155,9 @@ def main(argv: list[str] | None = None) -> None:
                                     else spec)
         hc = HydraConfig.get()
         if objective is None and _sweeper_optimises(hc):
-            raise SaefwError(f"hydra.sweeper={hc.sweeper._target_.rsplit('.', 1)[-1]} optimises the job's return value, but "
-                             f"objective is null: set e.g. objective=[l0,ce_loss_recovered] (see README)")
+            sweeper = hc.sweeper._target_.rsplit(".", 1)[-1]
+            raise SaefwError(f"hydra.sweeper={sweeper} optimises the job's return value, but objective is null: "
+                             f"set e.g. objective=[l0,ce_loss_recovered] (see README)")
         record = run(cfg, output_dir)
         check_finite(record)
         return record if objective is None else objective.values(record)
