@@ -5,9 +5,14 @@ own config name, so overrides, ``--help``, plugin discovery and error reporting 
 
 ``+arch=gated`` (the form in the user's card) and ``arch=gated`` both work: the plugin families are already in
 the defaults list, so a leading ``+`` on them is dropped before Hydra sees it.
+
+In a multirun (``-m``) a job that fails (a bad value, a diverged run, any exception) is recorded as failed in its
+own dir (``metrics.json`` with ``status: failed`` and the one error line) and the sweep goes on; the command exits
+with status 1 at the end if any job failed. A single run stops at the error as before (one line, exit 2).
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -15,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger("saefw")
 _PLUS_FAMILY = re.compile(r"^\+(source|arch|penalty)=")
 
 
@@ -31,11 +37,41 @@ def conf_dir() -> Path:
     raise FileNotFoundError(f"saefw's conf/ directory is missing (looked in {here} and {here.parent})")
 
 
+class _SweepTally:
+    """Jobs run and failed in this process's multirun. Hydra's basic launcher (and the Optuna sweeper on it) run
+    every job in-process; a launcher that runs jobs elsewhere still gets their failures recorded in the job dirs
+    and the compare table, but not in this process's exit status."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.jobs = 0
+        self.failed: list[str] = []
+
+
+_tally = _SweepTally()
+
+
+def _end_wandb_run(failed: bool) -> None:
+    """Close the job's W&B run, so the next job of the multirun opens its own (Lightning's WandbLogger reuses
+    any run still open in the process)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is None or getattr(wandb, "run", None) is None:
+        return
+    try:
+        wandb.finish(exit_code=1 if failed else 0)
+    except Exception as exc:  # noqa: BLE001 - closing the log must never turn a finished job into a failed one
+        log.warning("could not close the job's W&B run: %s", exc)
+
+
 def command(config_name: str, task: Callable[[Any, Path], Any], argv: list[str] | None = None) -> Any:
     """Run ``task(cfg, output_dir)`` as the Hydra app ``conf/<config_name>.yaml``.
 
     A :class:`~saefw.errors.SaefwError` (a user mistake: bad value, missing file) prints one ``error:`` line and
-    exits with status 2, never a traceback."""
+    exits with status 2, never a traceback. In a multirun a failing job (any exception) is recorded in its dir
+    (:func:`saefw.failures.write_failed_record`), prints its error line and returns None, so the other jobs run;
+    the command then exits with status 1."""
     import hydra
 
     from saefw.config import store_schema
@@ -47,6 +83,7 @@ def command(config_name: str, task: Callable[[Any, Path], Any], argv: list[str] 
     argv = sys.argv[1:] if argv is None else argv
     sys.argv = [sys.argv[0], *normalise_overrides(argv)]
     store_schema()
+    _tally.reset()
     try:
         discover()
     except SaefwError as exc:
@@ -56,22 +93,73 @@ def command(config_name: str, task: Callable[[Any, Path], Any], argv: list[str] 
     @hydra.main(config_path=str(conf_dir()), config_name=config_name, version_base="1.3")
     def _task(cfg):
         from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
 
+        hc = HydraConfig.get()
+        output_dir = Path(hc.runtime.output_dir)
+        if hc.mode != RunMode.MULTIRUN:
+            try:
+                return task(cfg, output_dir)
+            except SaefwError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                raise SystemExit(2) from None
+        _tally.jobs += 1
+        failed = True
         try:
-            return task(cfg, Path(HydraConfig.get().runtime.output_dir))
-        except SaefwError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
+            result = task(cfg, output_dir)
+            failed = False
+            return result
+        except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the sweep
+            from saefw.failures import write_failed_record
 
-    return _task()
+            record = write_failed_record(output_dir, exc, cfg, list(hc.overrides.task), hc.job.get("num"))
+            _tally.failed.append(str(output_dir))
+            print(f"error: {record['error']}", file=sys.stderr)
+            log.warning("job %s failed; recorded in %s (the sweep goes on)", hc.job.get("num"),
+                        output_dir / "metrics.json")
+            return None
+        finally:
+            _end_wandb_run(failed)
+
+    result = _task()
+    if _tally.failed:
+        print(f"error: {len(_tally.failed)} of {_tally.jobs} jobs failed: {', '.join(_tally.failed)}",
+              file=sys.stderr)
+        raise SystemExit(1)
+    return result
+
+
+def _sweeper_optimises(hc) -> bool:
+    """Whether this multirun's sweeper reads the task's return value (any sweeper but Hydra's basic grid)."""
+    target = str(hc.sweeper.get("_target_", ""))
+    return hc.mode.name == "MULTIRUN" and not target.endswith("BasicSweeper")
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m saefw [overrides]``: train and evaluate one SAE (a sweep with ``-m``)."""
+    """``python -m saefw [overrides]``: train and evaluate one SAE (a sweep with ``-m``).
+
+    Returns the run's metrics record, or the values named by the ``objective`` key (see
+    :mod:`saefw.objective`) for sweepers that optimise them (Optuna)."""
 
     def train(cfg, output_dir):
+        from hydra.core.hydra_config import HydraConfig
+        from omegaconf import Container, OmegaConf
+
+        from saefw.errors import SaefwError
+        from saefw.failures import check_finite
+        from saefw.objective import parse_objective
         from saefw.run import run
 
-        return run(cfg, output_dir)
+        spec = cfg.get("objective")
+        objective = parse_objective(OmegaConf.to_container(spec, resolve=True) if isinstance(spec, Container)
+                                    else spec)
+        hc = HydraConfig.get()
+        if objective is None and _sweeper_optimises(hc):
+            sweeper = hc.sweeper._target_.rsplit(".", 1)[-1]
+            raise SaefwError(f"hydra.sweeper={sweeper} optimises the job's return value, but objective is null: "
+                             f"set e.g. objective=[l0,ce_loss_recovered] (see README)")
+        record = run(cfg, output_dir)
+        check_finite(record)
+        return record if objective is None else objective.values(record)
 
     command("config", train, argv)

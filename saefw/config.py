@@ -58,6 +58,9 @@ class RunConfig:
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     trainer: dict[str, Any] = field(default_factory=dict)  # passed as-is to pytorch_lightning.Trainer
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    # what the job returns to an optimising sweeper (Optuna): null | metric | [metrics] | {metrics, targets};
+    # see saefw/objective.py
+    objective: Any = None
 
 
 def run_tag(source: str, layer, site) -> str:

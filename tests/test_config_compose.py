@@ -7,6 +7,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
 from saefw.cli import conf_dir, normalise_overrides
 from saefw.config import store_schema
@@ -89,3 +90,35 @@ def test_unknown_plugin_error_lists_registered():
     for family in FAMILIES:
         with pytest.raises(SaefwError, match="registered: "):
             entry(family, "nope")
+
+
+def test_optuna_presets_compose_with_their_sweeper_and_objective(composer):
+    from saefw.objective import parse_objective
+
+    cfg = compose("config", overrides=["+experiment=target_l0", "objective.targets.l0=16"],
+                  return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.sweeper.direction == "minimize"
+    assert cfg.hydra.sweeper.params["penalty.coefficient"] == "tag(log, interval(0.1, 100))"
+    obj = parse_objective(OmegaConf.to_container(cfg.objective))
+    assert obj.metrics == ("l0",) and obj.targets == {"l0": 16.0}
+    assert obj.values({"l0": 20.5}) == 4.5
+    cfg = compose("config", overrides=["+experiment=pareto_search"], return_hydra_config=True)
+    assert list(cfg.hydra.sweeper.direction) == ["minimize", "maximize"]
+    assert cfg.hydra.sweeper.sampler._target_ == "optuna.samplers.NSGAIISampler"
+    assert parse_objective(list(cfg.objective)).metrics == ("l0", "ce_loss_recovered")
+    # the compare callback runs after every multirun, logging to W&B the way the jobs do
+    assert cfg.hydra.callbacks.compare._target_ == "saefw.analysis.callback.CompareCallback"
+    assert cfg.hydra.callbacks.compare.wandb_mode == "offline"
+
+
+def test_compare_config_composes():
+    from saefw.compare import register_resolver
+
+    register_resolver()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose(config_name="compare", overrides=["dirs=['a b',c]", "wandb.mode=disabled"],
+                      return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    assert list(cfg.dirs) == ["a b", "c"] and cfg.out is None and cfg.wandb.mode == "disabled"
+    assert cfg.hydra.run.dir.startswith("outputs/compare/")  # two dirs: a fresh compare dir
