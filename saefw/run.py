@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from saefw.cli import on_command_line
 from saefw.errors import SaefwError
 from saefw.evals.base import run_evaluators, usable
 from saefw.io import save_sae
@@ -30,14 +31,18 @@ def check_combination(arch: str, penalty: str) -> None:
 
 
 def build_evaluators(cfg: DictConfig, source) -> list:
+    """The evaluators of ``cfg.evaluators`` that ``source`` can serve. One it cannot serve (``ground_truth``
+    without known features, ``loss_recovered`` without a language model) is skipped: quietly when it came
+    from the default list, with a warning when the user named it (``evaluators=[...]`` on the command line)."""
+    asked = on_command_line("evaluators")
     evaluators = []
     for name, ev_cfg in (cfg.evaluators or {}).items():
         ev = build("evaluator", ev_cfg or {}, name=name)
         if usable(ev, source):
             evaluators.append(ev)
         else:
-            log.warning("evaluator %s skipped: source=%s provides no %s", name, cfg.source.name,
-                        "/".join(ev.requires))
+            (log.warning if asked else log.debug)("evaluator %s skipped: source=%s provides no %s", name,
+                                                  cfg.source.name, "/".join(ev.requires))
     return evaluators
 
 
@@ -81,7 +86,7 @@ def log_metrics(loggers, metrics: dict, step: int, prefix: str = "eval/") -> Non
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train and evaluate one SAE; writes sae.safetensors, cfg.json, config.yaml, metrics.json into run_dir."""
+    """Train and evaluate one SAE; writes sae_weights.safetensors, cfg.json, config.yaml, metrics.json into run_dir."""
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
 
@@ -193,11 +198,12 @@ def _plot_density(metrics: dict, run_dir: Path) -> None:
     plt.close(fig)
 
 
-def print_summary(record: dict, run_dir: Path) -> None:
+def print_summary(record: dict, run_dir: Path, title: str = "saefw run summary") -> None:
     rows = [("arch", record["arch"]), ("penalty", record["penalty"]),
-            ("layer / site", f"{record['layer']} / {record['site']}"),
-            ("tokens", f"{record['tokens']:,}")]
+            ("layer / site", f"{record['layer']} / {record['site']}")]
+    rows += [(label, f"{record[k]:,}") for k, label in (("tokens", "tokens"), ("eval_tokens", "held-out tokens"))
+             if k in record]
     rows += [(k, f"{record[k]:.4f}") for k in SUMMARY_KEYS if k in record]
     rows += [("wall time", f"{record['wall_seconds']:.0f} s"), ("run dir", str(run_dir))]
     width = max(len(k) for k, _ in rows)
-    print("\n".join(["", "saefw run summary", "-" * 40] + [f"{k:<{width}}  {v}" for k, v in rows]), flush=True)
+    print("\n".join(["", title, "-" * 40] + [f"{k:<{width}}  {v}" for k, v in rows]), flush=True)

@@ -21,8 +21,8 @@ def test_cli_l1_recovers_synthetic_features(tmp_path):
     assert m["mmcs"] >= 0.95, m
     assert m["frac_recovered"] >= 0.9, m
     assert m["tokens"] >= 200000 - 1024
-    cfg = json.loads((out / "cfg.json").read_text())
-    assert cfg["source"] == "synthetic" and cfg["n_features"] == 256 and cfg["feature_seed"] == 0
+    meta = json.loads((out / "cfg.json").read_text())["metadata"]
+    assert meta["source"] == "synthetic" and meta["n_features"] == 256 and meta["feature_seed"] == 0
 
 
 @pytest.mark.parametrize("arch", ["l1", "gated", "topk", "jumprelu", "batchtopk"])

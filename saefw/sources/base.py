@@ -28,6 +28,7 @@ class ActivationSource:
     """
 
     plugin_name = "?"
+    needs_model = False  # True when the source reads spec.model/layer/site (so they must be known)
     d_in: int
     lm = None
     ground_truth: Tensor | None = None

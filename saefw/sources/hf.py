@@ -35,6 +35,8 @@ class HFActivationSource(ActivationSource):
     after the hooked block, and streams them through a shuffle buffer. The document split is fixed, so the
     held-out contexts are identical across runs and seeds. BOS positions are never served."""
 
+    needs_model = True
+
     def __init__(self, cfg: HFSourceConfig, spec: RunSpec):
         super().__init__(cfg, spec)
         device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
