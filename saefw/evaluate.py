@@ -83,8 +83,10 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
     where = _where(cfg, meta)
     missing = [k for k, v in where.items() if v is None]
     if missing and entry("source", cfg.source.name).cls.needs_model:
+        trained_on = meta["source"] if meta["source"] not in (None, cfg.source.name) else None
         raise SaefwError(f"{sae_dir}/cfg.json does not say which {'/'.join(missing)} the SAE reads "
-                         f"(hook_name={meta['hook_name']!r}); pass " + " ".join(f"{k}=..." for k in missing))
+                         f"(hook_name={meta['hook_name']!r}); pass " + " ".join(f"{k}=..." for k in missing)
+                         + (f", or source={trained_on} (the source it was trained on)" if trained_on else ""))
     if meta["prepend_bos"] is False:
         log.warning("the SAE was trained without BOS; saefw always prepends BOS (and never scores it)")
     ctx = cfg.source.get("context_size")

@@ -150,7 +150,7 @@ def parse_hook_name(hook_name: str | None) -> tuple[int | None, str | None]:
 def sae_metadata(folder: Path) -> dict:
     """Where the SAE saved in ``folder`` reads its activations, in saefw's names: ``model``, ``layer``, ``site``,
     ``hook_name``, ``context_size``, ``corpus``, ``prepend_bos`` (None where the file does not say), and
-    ``penalty`` (saefw runs only). Works for saefw (both formats) and SAELens directories; layer and site
+    ``penalty`` and ``source`` (saefw runs only, where recorded). Works for saefw (both formats) and SAELens directories; layer and site
     come from the hook name when the file has no explicit field."""
     cfg = read_config(folder)
     meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
@@ -167,4 +167,5 @@ def sae_metadata(folder: Path) -> dict:
     explicit_layer = pick("hook_layer", "hook_point_layer")
     return {"model": pick("model_name"), "layer": explicit_layer if explicit_layer is not None else layer,
             "site": pick("site") or site, "hook_name": hook, "context_size": pick("context_size"),
-            "corpus": pick("dataset_path"), "prepend_bos": pick("prepend_bos"), "penalty": pick("penalty")}
+            "corpus": pick("dataset_path"), "prepend_bos": pick("prepend_bos"), "penalty": pick("penalty"),
+            "source": pick("source")}

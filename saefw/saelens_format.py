@@ -12,6 +12,10 @@ Import: :func:`import_state` turns a SAELens directory (what ``save_model`` or `
 into a saefw arch name, arch config and state dict with identical encode/decode. SAELens options are either
 folded exactly into the weights (``apply_b_dec_to_input: false``, topk's ``rescale_acts_by_decoder_norm``) or
 refused with a :class:`SaefwError` naming the option (run-time normalisations, hook_z reshaping).
+
+Both sides apply ReLU after the top-k selection and fire a threshold latent only for z > θ (strictly). The one
+difference left is measure-zero: pre-activations exactly tied at the k-th value may be broken differently
+(torch.topk's choice, sorted in saefw and unsorted in SAELens).
 """
 from __future__ import annotations
 

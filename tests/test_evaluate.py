@@ -110,3 +110,23 @@ def test_missing_hook_information_names_what_to_pass(tiny_model, composed, tmp_p
         evaluate(composed(f"sae={tmp_path / 'sae'}"), tmp_path / "e")
     with pytest.raises(SaefwError, match="no cfg.json in"):
         evaluate(composed(f"sae={tmp_path}"), tmp_path / "e")
+
+
+def test_a_synthetic_source_sae_evaluates_on_its_source_with_ground_truth(composed, tmp_path):
+    from saefw.io import save_sae
+    from saefw.registry import build, discover
+    from saefw.sources.base import RunSpec
+
+    discover()
+    source = build("source", {"name": "synthetic", "eval_tokens": 2048}, spec=RunSpec(None, None, None, 0, 0))
+    sae = build("arch", {"name": "topk", "k": 5}, d_in=64, d_sae=256)
+    with torch.no_grad():  # the true directions as decoder rows: a perfect dictionary for mmcs
+        sae.W_dec.copy_(source.ground_truth)
+        sae.W_enc.copy_(source.ground_truth.T)
+    save_sae(sae, tmp_path / "sae", {**source.describe(), "penalty": "none"})
+    with pytest.raises(SaefwError, match=r"pass model=... layer=... site=..., or source=synthetic"):
+        evaluate(composed(f"sae={tmp_path / 'sae'}"), tmp_path / "e")
+    record = evaluate(composed(f"sae={tmp_path / 'sae'}", "source=synthetic", "source.eval_tokens=2048"),
+                      tmp_path / "e")
+    assert record["mmcs"] == pytest.approx(1.0) and record["frac_recovered"] == 1.0  # ground_truth by default
+    assert "ce_loss_recovered" not in record and record["eval_tokens"] == 2048 and record["penalty"] == "none"

@@ -94,7 +94,8 @@ def test_format_1_directories_still_load(tmp_path, arch):
     torch.testing.assert_close(back.decode(sae.encode(x)), sae.decode(sae.encode(x)))
     assert sae_metadata(tmp_path) == {"model": "/models/tiny", "layer": 3, "site": "mlp_out",
                                       "hook_name": "blocks.3.hook_mlp_out", "context_size": 64,
-                                      "corpus": "factbook", "prepend_bos": True, "penalty": "l1_decoder_norm"}
+                                      "corpus": "factbook", "prepend_bos": True, "penalty": "l1_decoder_norm",
+                                      "source": None}
 
 
 def test_sae_metadata_is_the_same_for_saefw_and_saelens_directories(tmp_path):
@@ -102,7 +103,8 @@ def test_sae_metadata_is_the_same_for_saefw_and_saelens_directories(tmp_path):
     save_sae(build("arch", {"name": "l1"}, d_in=4, d_sae=8), tmp_path / "ours", HF_PROVENANCE)
     assert sae_metadata(tmp_path / "ours") == {
         "model": "/models/tiny", "layer": 3, "site": "mlp_out", "hook_name": "blocks.3.hook_mlp_out",
-        "context_size": 64, "corpus": "factbook", "prepend_bos": True, "penalty": "l1_decoder_norm"}
+        "context_size": 64, "corpus": "factbook", "prepend_bos": True, "penalty": "l1_decoder_norm",
+                                      "source": None}
     from sae_lens import SAE, StandardSAEConfig
     from sae_lens.saes.sae import SAEMetadata
 
@@ -111,7 +113,7 @@ def test_sae_metadata_is_the_same_for_saefw_and_saelens_directories(tmp_path):
     SAE.from_dict(StandardSAEConfig(d_in=4, d_sae=8, metadata=meta).to_dict()).save_model(tmp_path / "theirs")
     assert sae_metadata(tmp_path / "theirs") == {
         "model": "gpt2", "layer": 6, "site": "resid_pre", "hook_name": "blocks.6.hook_resid_pre",
-        "context_size": 128, "corpus": "monology/pile", "prepend_bos": False, "penalty": None}
+        "context_size": 128, "corpus": "monology/pile", "prepend_bos": False, "penalty": None, "source": None}
 
 
 def test_parse_hook_name():
