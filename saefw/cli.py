@@ -28,6 +28,17 @@ def normalise_overrides(args: list[str]) -> list[str]:
     return [_PLUS_FAMILY.sub(r"\1=", a) for a in args]
 
 
+def on_command_line(key: str) -> bool:
+    """Whether the running Hydra app's command line (or its multirun sweep) set ``key`` itself, e.g.
+    ``evaluators=[l0,mmcs]``; False outside a Hydra app (library use)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return False
+    pattern = re.compile(rf"^[+~]*{re.escape(key)}(=|$)")
+    return any(pattern.match(o) for o in HydraConfig.get().overrides.task)
+
+
 def conf_dir() -> Path:
     """conf/ beside the package in a checkout, or saefw/conf inside an installed wheel."""
     here = Path(__file__).resolve().parent

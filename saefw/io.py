@@ -1,17 +1,31 @@
-"""Saving and loading SAEs: ``sae.safetensors`` (SAELens tensor names) + ``cfg.json``. Never pickle."""
+"""Saving and loading SAEs. Never pickle.
+
+A saved SAE directory is also a SAELens 6.x SAE directory: ``sae_weights.safetensors`` (SAELens tensor names)
++ ``cfg.json`` in SAELens's schema with saefw's own fields in ``metadata.saefw`` (see
+:mod:`saefw.saelens_format`). :func:`load_sae` reads three kinds of directory: saefw's, SAELens's (what its
+``save_model`` writes) and saefw's format-1 directories (``sae.safetensors`` + a flat cfg.json)."""
 from __future__ import annotations
 
 import copy
 import json
+import logging
+import os
+import re
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from saefw import saelens_format
 from saefw.errors import SaefwError
-from saefw.registry import build, discover
+from saefw.registry import build, discover, names
 
-WEIGHTS, CONFIG = "sae.safetensors", "cfg.json"
+log = logging.getLogger(__name__)
+
+WEIGHTS, CONFIG = saelens_format.WEIGHTS, "cfg.json"
+LEGACY_WEIGHTS = "sae.safetensors"  # format 1 (saefw before the SAELens layout)
+
+_HOOK = re.compile(r"^blocks\.(\d+)\.(?:hook_(resid_pre|resid_post|mlp_out|attn_out)$)?")
 
 
 def fold_input_scale(sae):
@@ -27,54 +41,131 @@ def fold_input_scale(sae):
     return sae
 
 
+def _write_atomic(path: Path, write) -> None:
+    """``write(tmp_path)`` then rename over ``path``, so an interruption never leaves a truncated file."""
+    tmp = path.with_name(path.name + ".partial")
+    write(tmp)
+    os.replace(tmp, path)
+
+
 def save_sae(sae, folder: Path, provenance: dict | None = None) -> None:
+    """Write ``sae`` to ``folder`` as a SAELens-loadable directory (weights first, then cfg.json).
+
+    ``provenance`` (the source's ``describe()`` and run facts) is recorded in ``metadata`` and never overwrites
+    the SAE's own fields."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     folded = fold_input_scale(sae)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in folded.state_dict().items() if k != "input_scale"}
-    cfg = {"architecture": sae.plugin_name, "d_in": sae.d_in, "d_sae": sae.d_sae,
-           "arch_config": {k: v for k, v in vars(sae.cfg).items()}, "dtype": "float32",
-           "normalize_activations": "none", **(provenance or {})}
-    tmp = folder / (WEIGHTS + ".partial")
-    save_file(tensors, str(tmp))
-    tmp.replace(folder / WEIGHTS)  # atomic, so an interruption never leaves a truncated file
-    (folder / CONFIG).write_text(json.dumps(cfg, indent=2, default=str))
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in folded.state_dict().items()
+               if k != "input_scale"}
+    cfg = saelens_format.export_config(folded, provenance)
+    _write_atomic(folder / WEIGHTS, lambda p: save_file(tensors, str(p)))
+    _write_atomic(folder / CONFIG, lambda p: p.write_text(json.dumps(cfg, indent=2, default=str)))
+
+
+def read_config(folder: Path) -> dict:
+    """cfg.json of a saved SAE directory, with clear errors for a missing or corrupt file."""
+    path = Path(folder) / CONFIG
+    try:
+        cfg = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SaefwError(f"no {CONFIG} in {folder}: not a saved SAE directory") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SaefwError(f"{path} is corrupt: {exc}") from None
+    if not isinstance(cfg, dict):
+        raise SaefwError(f"{path} is corrupt: not a JSON object")
+    return cfg
+
+
+def is_legacy(cfg: dict) -> bool:
+    """saefw format 1: a flat cfg.json with ``arch_config`` and no SAELens ``metadata`` block."""
+    return "arch_config" in cfg and "metadata" not in cfg
+
+
+def _read_tensors(path: Path, device: str) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path), device=device)
+    except Exception as exc:  # safetensors raises several types for truncated/garbled files
+        raise SaefwError(f"{path} is missing or corrupt: {exc}") from None
+
+
+def _resolve_arch(cfg: dict, where: Path, tensors: dict) -> tuple[str, dict, dict]:
+    """(arch, arch config, state dict) for a format-2 or SAELens cfg.json."""
+    own = (cfg.get("metadata") or {}).get("saefw")
+    sl_arch = saelens_format.saelens_arch_of(cfg)
+    if sl_arch in saelens_format.IMPORTED:
+        name, arch_config, tensors = saelens_format.import_state(cfg, tensors, str(where))
+    elif not isinstance(own, dict):
+        raise SaefwError(f"{where}: architecture={sl_arch!r} is not supported; saefw reads the SAELens "
+                         f"architectures {', '.join(saelens_format.IMPORTED)}")
+    if isinstance(own, dict):
+        own_name = own.get("architecture")
+        if own_name in names("arch"):
+            return own_name, own.get("arch_config") or {}, tensors
+        if sl_arch not in saelens_format.IMPORTED:
+            raise SaefwError(f"{where}: arch={own_name!r} is not registered (its plugin must be in ./plugins or "
+                             f"an installed package); registered: {', '.join(names('arch'))}")
+        log.warning("%s: arch %r is not registered (is its plugin in ./plugins?); loading it as SAELens's %s, "
+                    "which computes the same latents at inference", where, own_name, sl_arch)
+    return name, arch_config, tensors
 
 
 def load_sae(folder: Path, device: str = "cpu"):
-    """Rebuild the SAE saved in ``folder`` through the registry; clear errors for missing or corrupt files."""
+    """Rebuild the SAE saved in ``folder`` (saefw, SAELens or saefw format-1 directory) through the registry,
+    in eval mode on ``device``; clear errors for missing, corrupt or unsupported files."""
     folder = Path(folder)
-    try:
-        cfg = json.loads((folder / CONFIG).read_text())
-        arch = cfg["architecture"]
-    except FileNotFoundError:
-        raise SaefwError(f"no {CONFIG} in {folder}: not a saved SAE directory") from None
-    except (json.JSONDecodeError, KeyError) as exc:
-        raise SaefwError(f"{folder / CONFIG} is corrupt: {exc}") from None
+    cfg = read_config(folder)
     discover()
-    sae = build("arch", cfg.get("arch_config", {}), name=arch, d_in=cfg["d_in"], d_sae=cfg["d_sae"])
     try:
-        tensors = load_file(str(folder / WEIGHTS), device=device)
-    except Exception as exc:  # safetensors raises several types for truncated/garbled files
-        raise SaefwError(f"{folder / WEIGHTS} is missing or corrupt: {exc}") from None
-    missing = set(sae.state_dict()) - set(tensors) - {"input_scale"}
-    if missing:
-        raise SaefwError(f"{folder / WEIGHTS} lacks tensors {sorted(missing)} for arch={arch}")
-    sae.load_state_dict(tensors, strict=False)
+        if is_legacy(cfg):
+            arch, arch_config = cfg["architecture"], cfg.get("arch_config") or {}
+            tensors = _read_tensors(folder / LEGACY_WEIGHTS, device)
+        else:
+            arch, arch_config, tensors = _resolve_arch(cfg, folder, _read_tensors(folder / WEIGHTS, device))
+        d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SaefwError(f"{folder / CONFIG} is corrupt: {exc!r}") from None
+    sae = build("arch", arch_config, name=arch, d_in=d_in, d_sae=d_sae)
+    expected = set(sae.state_dict()) - {"input_scale"}
+    missing, extra = expected - set(tensors), set(tensors) - expected
+    if missing or extra:
+        raise SaefwError(f"{folder}: the weights do not fit arch={arch}: "
+                         + "; ".join(s for s in (f"missing {sorted(missing)}" if missing else "",
+                                                 f"unexpected {sorted(extra)}" if extra else "") if s))
+    try:
+        sae.load_state_dict(tensors, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise SaefwError(f"{folder}: the weights do not fit arch={arch} with d_in={d_in}, d_sae={d_sae}: "
+                         f"{str(exc).splitlines()[-1].strip()}") from None
     return sae.to(device).eval()
+
+
+def parse_hook_name(hook_name: str | None) -> tuple[int | None, str | None]:
+    """(layer, site) of a TransformerLens-style hook name: ``blocks.6.hook_resid_post`` → (6, "resid_post");
+    a hook inside a block that saefw cannot hook (``blocks.6.attn.hook_z``) gives (6, None)."""
+    m = _HOOK.match(hook_name or "")
+    return (int(m.group(1)), m.group(2)) if m else (None, None)
 
 
 def sae_metadata(folder: Path) -> dict:
     """Where the SAE saved in ``folder`` reads its activations, in saefw's names: ``model``, ``layer``, ``site``,
-    ``hook_name``, ``context_size``, ``corpus``, ``prepend_bos`` (None where the file does not say)."""
-    folder = Path(folder)
-    try:
-        cfg = json.loads((folder / CONFIG).read_text())
-    except FileNotFoundError:
-        raise SaefwError(f"no {CONFIG} in {folder}: not a saved SAE directory") from None
-    except json.JSONDecodeError as exc:
-        raise SaefwError(f"{folder / CONFIG} is corrupt: {exc}") from None
-    names = {"model": ("model", "model_name"), "layer": ("layer", "hook_layer"), "site": ("site",),
-             "hook_name": ("hook_name",), "context_size": ("context_size",), "corpus": ("corpus", "dataset_path"),
-             "prepend_bos": ("prepend_bos",)}
-    return {ours: next((cfg[k] for k in keys if k in cfg), None) for ours, keys in names.items()}
+    ``hook_name``, ``context_size``, ``corpus``, ``prepend_bos`` (None where the file does not say), and
+    ``penalty`` and ``source`` (saefw runs only, where recorded). Works for saefw (both formats) and SAELens directories; layer and site
+    come from the hook name when the file has no explicit field."""
+    cfg = read_config(folder)
+    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+
+    def pick(*keys):
+        for key in keys:
+            for src in (meta, cfg):
+                if src.get(key) is not None:
+                    return src[key]
+        return None
+
+    hook = pick("hook_name", "hook_point")  # hook_point: SAELens before 6.0
+    layer, site = parse_hook_name(hook)
+    explicit_layer = pick("hook_layer", "hook_point_layer")
+    return {"model": pick("model_name"), "layer": explicit_layer if explicit_layer is not None else layer,
+            "site": pick("site") or site, "hook_name": hook, "context_size": pick("context_size"),
+            "corpus": pick("dataset_path"), "prepend_bos": pick("prepend_bos"), "penalty": pick("penalty"),
+            "source": pick("source")}

@@ -119,8 +119,8 @@ def print_summary(record: dict, run_dir: Path, title: str = "saefw run summary")
     rows = [("arch", record.get("arch")), ("penalty", record.get("penalty"))]
     if record.get("layer") is not None:
         rows.append(("layer / site", f"{record['layer']} / {record['site']}"))
-    if "tokens" in record:
-        rows.append(("tokens", f"{record['tokens']:,}"))
+    rows += [(label, f"{record[k]:,}") for k, label in (("tokens", "tokens"), ("eval_tokens", "held-out tokens"))
+             if k in record]
     rows += [(k, _fmt(record, k)) for k in SUMMARY_KEYS if k in record]
     if "activation_store" in record:
         rows.append(("activation store", f"{record['activation_store']} (harvest {record['harvest_seconds']:.0f} s)"))

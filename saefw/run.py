@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from saefw.cli import on_command_line
 from saefw.errors import SaefwError
 from saefw.evals.base import run_evaluators, usable
 from saefw.io import save_sae
@@ -28,28 +29,26 @@ def check_combination(arch: str, penalty: str) -> None:
 
 def check_lm_keys(cfg: DictConfig) -> None:
     """``model``/``layer``/``site`` only mean something to sources that read a language model."""
-    if any(k in cfg.source for k in LM_KEYS):
-        return
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        given = [o for o in HydraConfig.get().overrides.task if o.split("=", 1)[0].lstrip("+~") in LM_KEYS]
-    except ValueError:
-        return
-    if given:
-        raise SaefwError(f"{', '.join(given)}: source={cfg.source.name} reads no language model, so "
-                         f"{'/'.join(LM_KEYS)} have no effect; they apply to LM sources (source=hf)")
+    given = [k for k in LM_KEYS if on_command_line(k)]
+    if given and not entry("source", cfg.source.name).cls.needs_model:
+        raise SaefwError(f"{', '.join(f'{k}={cfg[k]}' for k in given)}: source={cfg.source.name} reads no "
+                         f"language model, so {'/'.join(LM_KEYS)} have no effect; they apply to LM sources "
+                         f"(source=hf)")
 
 
 def build_evaluators(cfg: DictConfig, source) -> list:
+    """The evaluators of ``cfg.evaluators`` that ``source`` can serve. One it cannot serve (``ground_truth``
+    without known features, ``loss_recovered`` without a language model) is skipped: quietly when it came
+    from the default list, with a warning when the user named it (``evaluators=[...]`` on the command line)."""
+    asked = on_command_line("evaluators")
     evaluators = []
     for name, ev_cfg in (cfg.evaluators or {}).items():
         ev = build("evaluator", ev_cfg or {}, name=name)
         if usable(ev, source):
             evaluators.append(ev)
         else:
-            log.warning("evaluator %s skipped: source=%s provides no %s", name, cfg.source.name,
-                        "/".join(ev.requires))
+            (log.warning if asked else log.debug)("evaluator %s skipped: source=%s provides no %s", name,
+                                                  cfg.source.name, "/".join(ev.requires))
     return evaluators
 
 
@@ -97,11 +96,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     module = SAEModule(sae, penalty, controller, cfg.train, plan.steps)
     provenance = {**source.describe(), "source": cfg.source.name, "penalty": cfg.penalty.name,
                   "penalty_config": OmegaConf.to_container(cfg.penalty, resolve=True), "seed": cfg.seed}
-    describe = source.describe()
+    lm_keys = {k: cfg[k] if entry("source", cfg.source.name).cls.needs_model else None for k in LM_KEYS}
     reporter = Reporter(cfg, run_dir, {
-        "arch": cfg.arch.name, "penalty": cfg.penalty.name, "source": cfg.source.name,
-        **{k: describe.get(k) for k in LM_KEYS}, "d_in": source.d_in, "d_sae": sae.d_sae, "seed": cfg.seed,
-        "target_l0": cfg.target_l0})
+        "arch": cfg.arch.name, "penalty": cfg.penalty.name, "source": cfg.source.name, **lm_keys,
+        "d_in": source.d_in, "d_sae": sae.d_sae, "seed": cfg.seed, "target_l0": cfg.target_l0})
     trainer = _trainer(cfg, plan, run_dir, source, evaluators, reporter)
     data_record = {"activation_store": source.store_status}
     try:

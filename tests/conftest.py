@@ -66,12 +66,27 @@ def tiny_model(tiny_models) -> Path:
     return tiny_models["llama"]
 
 
-def run_cli(*args: str, cwd: Path, timeout: int = 300, extra_path: Path | None = None) -> subprocess.CompletedProcess:
-    """The real CLI in a subprocess (as a user runs it); ``extra_path`` plays an installed site dir."""
+def run_cli(*args: str, cwd: Path, timeout: int = 300, extra_path: Path | None = None,
+            module: str = "saefw") -> subprocess.CompletedProcess:
+    """The real CLI (``python -m <module>``) in a subprocess, as a user runs it; ``extra_path`` plays an
+    installed site dir."""
     path = os.pathsep.join(str(p) for p in (extra_path, REPO) if p)
     env = {**os.environ, "PYTHONPATH": path, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    return subprocess.run([sys.executable, "-m", "saefw", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tiny_model, tmp_path_factory) -> dict[str, Path]:
+    """One tiny run directory per built-in arch, trained through the real CLI (one multirun) on the tiny Llama."""
+    from helpers import TINY_RUN
+
+    archs = ("l1", "gated", "topk", "jumprelu", "batchtopk")
+    root = tmp_path_factory.mktemp("trained")
+    r = run_cli("-m", f"arch={','.join(archs)}", f"model={tiny_model}", *TINY_RUN, f"hydra.sweep.dir={root}",
+                "hydra.sweep.subdir=${hydra:runtime.choices.arch}", cwd=root, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return {arch: root / arch for arch in archs}
 
 
 def set_params(module, **tensors) -> None:

@@ -22,14 +22,14 @@ def test_default_job_end_to_end(tiny_model, tmp_path):
     assert 0 < m["l0"] <= 128 and m["explained_variance"] <= 1.0
     assert m["history"] and m["history"][0]["step"] == 10  # evaluated during training too
     assert "saefw run summary" in r.stdout and "explained_variance" in r.stdout
-    for name in ("sae.safetensors", "cfg.json", "config.yaml", "feature_density.png", "csv/metrics.csv",
+    for name in ("sae_weights.safetensors", "cfg.json", "config.yaml", "feature_density.png", "csv/metrics.csv",
                  "checkpoints/last.ckpt"):
         assert (out / name).exists(), name
     assert list((out / "wandb").glob("offline-run-*")), "an offline W&B run must be written"
     from saefw.io import load_sae, sae_metadata
 
     sae = load_sae(out)
-    assert sae.W_enc.shape == (32, 128) and sae_metadata(out)["layer"] == 1
+    assert sae.W_enc.shape == (32, 128) and json.loads((out / "cfg.json").read_text())["metadata"]["hook_layer"] == 1
 
 
 def test_card_command_and_its_layer_error(tiny_model, tmp_path):
@@ -101,4 +101,21 @@ def test_local_plugin_and_entry_point_plugin_without_framework_edits(tiny_model,
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())
     assert m["arch"] == "half_l1" and m["eval_tokens"] == 6 * 31
-    assert json.loads((out / "cfg.json").read_text())["arch_config"]["marker"] == 3
+    cfg = json.loads((out / "cfg.json").read_text())
+    assert cfg["metadata"]["saefw"]["architecture"] == "half_l1" and cfg["metadata"]["saefw"]["arch_config"]["marker"] == 3
+    # it changes the decoder, so it must not inherit L1SAE's claim to be SAELens's "standard"
+    assert cfg["architecture"] == "half_l1"
+    from saefw.io import load_sae
+    from saefw.registry import discover
+
+    discover(plugin_dirs=[tmp_path])  # as the CLI does from that working directory
+    assert load_sae(out).plugin_name == "half_l1"
+
+
+def test_evaluator_the_source_cannot_serve_warns_only_when_asked_for(tmp_path):
+    synthetic = ["+experiment=synthetic", "total_tokens=4096", "wandb.mode=disabled", "trainer.enable_progress_bar=false"]
+    out = tmp_path / "asked"
+    r = run_cli(*synthetic, "evaluators=[l0,loss_recovered]", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "evaluator loss_recovered skipped: source=synthetic provides no lm" in r.stdout + r.stderr
+    assert set(json.loads((out / "metrics.json").read_text())) >= {"l0"}

@@ -30,7 +30,8 @@ def test_default_config(composer):
     cfg = composer()
     assert (cfg.model, cfg.layer, cfg.site, cfg.arch.name, cfg.penalty.name) == (
         "smollm2-135m", 6, "resid_post", "l1", "l1_decoder_norm")
-    assert set(cfg.evaluators) == {"l0", "reconstruction", "loss_recovered", "dead_features", "shrinkage"}
+    assert set(cfg.evaluators) == {"l0", "reconstruction", "loss_recovered", "dead_features", "shrinkage",
+                                   "ground_truth"}
 
 
 def test_every_arch_with_each_allowed_penalty_composes_and_builds(composer):
@@ -122,3 +123,19 @@ def test_compare_config_composes():
     GlobalHydra.instance().clear()
     assert list(cfg.dirs) == ["a b", "c"] and cfg.out is None and cfg.wandb.mode == "disabled"
     assert cfg.hydra.run.dir.startswith("outputs/compare/")  # two dirs: a fresh compare dir
+
+
+def test_evaluate_config_composes_with_every_source_and_evaluator(composer):
+    from saefw.evaluate import store_schema as store_evaluate_schema
+
+    store_evaluate_schema()  # the evaluate command's own schema, as `python -m saefw.evaluate` stores it
+    cfg = compose(config_name="evaluate", overrides=["sae=/some/dir"])
+    assert (cfg.sae, cfg.model, cfg.layer, cfg.site, cfg.source.name) == ("/some/dir", None, None, None, "hf")
+    assert set(cfg.evaluators) == set(composer().evaluators)  # the same defaults as training
+    for src in names("source"):
+        assert compose(config_name="evaluate", overrides=[f"source={src}"]).source.name == src
+    for ev in names("evaluator"):
+        assert list(compose(config_name="evaluate", overrides=[f"evaluators=[{ev}]"]).evaluators) == [ev]
+    assert compose(config_name="evaluate", overrides=["layer=25", "model=gpt2"]).layer == 25
+    with pytest.raises(ConfigCompositionException):
+        compose(config_name="evaluate", overrides=["layer=abc"])

@@ -21,9 +21,9 @@ def test_cli_l1_recovers_synthetic_features(tmp_path):
     assert m["mmcs"] >= 0.95, m
     assert m["frac_recovered"] >= 0.9, m
     assert m["tokens"] >= 200000 - 1024
-    cfg = json.loads((out / "cfg.json").read_text())
-    assert cfg["source"] == "synthetic" and cfg["n_features"] == 256 and cfg["feature_seed"] == 0
-    assert out.name == "run" and "_L" not in str(m)  # no layer/site for a source without a model
+    meta = json.loads((out / "cfg.json").read_text())["metadata"]
+    assert meta["source"] == "synthetic" and meta["n_features"] == 256 and meta["feature_seed"] == 0
+    assert out.name == "run" and m["layer"] is None  # no layer/site for a source without a model
 
 
 def test_lm_keys_with_a_non_lm_source_are_an_error(tmp_path):

@@ -49,7 +49,12 @@ class LossOutput:
 
 
 class SAE(nn.Module):
-    """Base class: ``f = encode(x)``, ``x̂ = decode(f)``, ``loss(x_scaled, penalty, coefficient)``."""
+    """Base class: ``f = encode(x)``, ``x̂ = decode(f)``, ``loss(x_scaled, penalty, coefficient)``.
+
+    An arch whose inference is exactly one of SAELens's architectures says so in its own class body, e.g.
+    ``saelens_architecture = "topk"``; its saved directories then load in SAELens. The declaration is read from
+    that class only, never inherited (:func:`saefw.saelens_format.saelens_architecture`): a subclass that
+    changes encode/decode must not claim its parent's SAELens equivalent."""
 
     plugin_name = "?"
     default_penalty = "l1_decoder_norm"

@@ -38,6 +38,8 @@ class BatchTopKSAE(TopKSAE):
 
     Decoder rows are held at unit norm; W_enc is initialised as W_decᵀ (all as in TopKSAE, whose loss it uses)."""
 
+    saelens_architecture = "jumprelu"  # at inference: a JumpReLU with one shared threshold
+
     def __init__(self, cfg: BatchTopKConfig, d_in: int, d_sae: int):
         if not 0 < cfg.threshold_ema <= 1:
             raise SaefwError(f"arch.threshold_ema={cfg.threshold_ema!r} must be in (0, 1]")

@@ -27,6 +27,8 @@ class GatedSAE(SAE):
     and the auxiliary reconstruction, whose decoder is a stop-gradient copy so that it trains the gate alone.
     Saved tensors (SAELens): W_enc, b_gate, r_mag, b_mag, W_dec, b_dec — no b_enc."""
 
+    saelens_architecture = "gated"
+
     default_penalty = "l1_decoder_norm"
     allowed_penalties = ("l1", "l1_decoder_norm", "tanh")
 

@@ -107,6 +107,8 @@ class JumpReLUSAE(SAE):
 
     Saved tensors: W_enc, W_dec, b_enc, b_dec and ``threshold`` (= θ, SAELens name)."""
 
+    saelens_architecture = "jumprelu"
+
     default_penalty = "l0"
     allowed_penalties = ("l0", "tanh", "l1_decoder_norm")
     unit_norm_decoder = False  # L0 and the decoder-norm-weighted penalties are invariant to f ↔ W_dec rescaling

@@ -23,6 +23,8 @@ class L1SAE(SAE):
 
     W_enc [d_in, d_sae] is initialised as W_decᵀ; b_dec as the geometric median of the data."""
 
+    saelens_architecture = "standard"
+
     def __init__(self, cfg: L1Config, d_in: int, d_sae: int):
         super().__init__(cfg, d_in, d_sae)
         self.unit_norm_decoder = cfg.unit_norm_decoder

@@ -37,6 +37,8 @@ class TopKSAE(SAE):
 
     Decoder rows are held at unit norm; W_enc is initialised as W_decᵀ. ``k`` is saved in the config."""
 
+    saelens_architecture = "topk"
+
     default_penalty = "none"
     allowed_penalties = ("none",)
     unit_norm_decoder = True

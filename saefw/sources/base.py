@@ -29,6 +29,7 @@ class ActivationSource:
     """
 
     plugin_name = "?"
+    needs_model = False  # True for sources that read a language model: they take model/layer/site
     d_in: int
     lm = None
     ground_truth: Tensor | None = None

@@ -63,6 +63,8 @@ class HFActivationSource(ActivationSource):
     ``buffer_tokens`` (serve half, keep half), so memory stays flat in the budget and a run's data does not
     depend on whether the store was already there."""
 
+    needs_model = True
+
     def __init__(self, cfg: HFSourceConfig, spec: RunSpec):
         super().__init__(cfg, spec)
         if cfg.store_dtype not in DTYPES:
@@ -196,9 +198,9 @@ class HFActivationSource(ActivationSource):
         return memo[name]
 
     def describe(self) -> dict:
-        c = self.cfg
-        return {"model": c.model, "layer": c.layer, "site": c.site, "hook_name": self.lm.hook_name,
-                "context_size": c.context_size, "corpus": c.corpus, "prepend_bos": True}
+        c = self.cfg  # SAELens's metadata names, so the saved cfg.json reads as SAELens's
+        return {"model_name": c.model, "hook_name": self.lm.hook_name, "hook_layer": c.layer, "site": c.site,
+                "context_size": c.context_size, "dataset_path": c.corpus, "prepend_bos": True}
 
 
 def _serve(buffer: Tensor, n: int, batch_size: int, generator: torch.Generator):

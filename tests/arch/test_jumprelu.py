@@ -114,7 +114,7 @@ def test_save_load_roundtrip_with_input_scale(tmp_path):
         sae.log_threshold.copy_(torch.rand(10).mul(0.3).add(0.01).log())
     sae.input_scale.fill_(2.5)
     save_sae(sae, tmp_path)
-    tensors = load_file(str(tmp_path / "sae.safetensors"))
+    tensors = load_file(str(tmp_path / "sae_weights.safetensors"))
     assert set(tensors) == {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"}
     torch.testing.assert_close(tensors["threshold"], sae.threshold.detach())
     loaded = load_sae(tmp_path)

@@ -127,7 +127,7 @@ def test_save_load_roundtrip_with_input_scale(tmp_path):
     sae.input_scale.fill_(2.5)
     save_sae(sae, tmp_path)
     cfg = json.loads((tmp_path / "cfg.json").read_text())
-    assert cfg["architecture"] == "topk" and cfg["arch_config"]["k"] == 3
+    assert cfg["architecture"] == "topk" and cfg["k"] == 3 and cfg["metadata"]["saefw"]["arch_config"]["k"] == 3
     loaded = load_sae(tmp_path)
     assert isinstance(loaded, TopKSAE) and loaded.k == 3
     assert loaded.input_scale.item() == 1.0
