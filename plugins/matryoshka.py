@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from saefw.arch.base import LossOutput, SparsityInput, auxk_loss
+from saefw.arch.base import SparsityInput, TrainOutput, auxk_loss
 from saefw.arch.topk import TopKConfig, TopKSAE
 from saefw.errors import SaefwError
 from saefw.registry import register
@@ -32,7 +32,7 @@ class MatryoshkaSAE(TopKSAE):
     """z = (x − b_dec) W_enc + b_enc;   f = ReLU(TopK_k(z))   (exactly as topk);
     prefixes m_1 < … < m_G = d_sae  (m_g = round(group_fractions[g] · d_sae));
     x̂_g = Σ_{i < m_g} f_i W_dec,i + b_dec   (the reconstruction from the first m_g latents alone);
-    loss = (1/G) Σ_g ‖x − x̂_g‖² + α·AuxK(z, x − x̂_G).
+    loss = (1/G) Σ_g ‖x − x̂_g‖² + α·AuxK(z, x − x̂_G)   (logged: mse_loss is the mean over prefixes).
 
     Averaging over the G prefixes keeps the loss on the scale of one reconstruction, so α = 1/32 means what it
     means for topk. Only training differs from topk: inference is f = ReLU(TopK_k(z)), x̂ = x̂_G, so saved
@@ -56,14 +56,11 @@ class MatryoshkaSAE(TopKSAE):
             start = end
         return out
 
-    def loss(self, x, penalty, coefficient, dead_mask=None) -> LossOutput:
+    def train_forward(self, x, dead_mask=None) -> TrainOutput:
         z = self.pre_acts(x)
         f = self.train_acts(z)
         recons = self.prefix_reconstructions(f)
         mses = torch.stack([(r - x).pow(2).sum(-1).mean() for r in recons])
-        aux = auxk_loss(z, x, recons[-1], self.W_dec, dead_mask, self.k_aux)
-        sparsity = torch.as_tensor(penalty(SparsityInput(acts=f, W_dec=self.W_dec)), dtype=z.dtype, device=z.device)
-        loss = mses.mean() + self.cfg.aux_coefficient * aux + coefficient * sparsity
-        return LossOutput(loss, f, {"mse_loss": mses[-1].detach(), "matryoshka_loss": mses.mean().detach(),
-                                    "first_prefix_mse": mses[0].detach(), "aux_loss": aux.detach(),
-                                    "sparsity_loss": sparsity.detach()})
+        aux = self.cfg.aux_coefficient * auxk_loss(z, x, recons[-1], self.W_dec, dead_mask, self.k_aux)
+        return TrainOutput(f, mses.mean(), SparsityInput(acts=f, W_dec=self.W_dec), {"aux_loss": aux},
+                           logs={"full_mse": mses[-1].detach(), "first_prefix_mse": mses[0].detach()})

@@ -21,7 +21,7 @@ def compose_loss(out: TrainOutput, penalty, coefficient: float | Tensor) -> Loss
     for term in out.aux.values():
         loss = loss + term
     terms = {"mse_loss": out.mse.detach(), "sparsity_loss": sparsity.detach(),
-             **{k: v.detach() for k, v in out.aux.items()}}
+             **{k: v.detach() for k, v in out.aux.items()}, **out.logs}
     return LossOutput(loss, out.f, terms)
 
 

@@ -96,7 +96,7 @@ def test_unknown_plugin_error_lists_registered():
 def test_optuna_presets_compose_with_their_sweeper_and_objective(composer):
     from saefw.objective import parse_objective
 
-    cfg = compose("config", overrides=["+experiment=target_l0", "objective.targets.l0=16"],
+    cfg = compose("config", overrides=["+experiment=find_lambda", "objective.targets.l0=16"],
                   return_hydra_config=True)
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.hydra.sweeper.direction == "minimize"
     assert cfg.hydra.sweeper.params["penalty.coefficient"] == "tag(log, interval(0.1, 100))"
@@ -112,15 +112,12 @@ def test_optuna_presets_compose_with_their_sweeper_and_objective(composer):
     assert cfg.hydra.callbacks.compare.wandb_mode == "offline"
 
 
-def test_compare_config_composes():
+def test_compare_config_composes(composer):
     from saefw.compare import register_resolver
 
     register_resolver()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose(config_name="compare", overrides=["dirs=['a b',c]", "wandb.mode=disabled"],
-                      return_hydra_config=True)
-    GlobalHydra.instance().clear()
+    cfg = compose(config_name="compare", overrides=["dirs=['a b',c]", "wandb.mode=disabled"],
+                  return_hydra_config=True)
     assert list(cfg.dirs) == ["a b", "c"] and cfg.out is None and cfg.wandb.mode == "disabled"
     assert cfg.hydra.run.dir.startswith("outputs/compare/")  # two dirs: a fresh compare dir
 

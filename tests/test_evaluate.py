@@ -39,7 +39,7 @@ def test_cli_evaluates_a_saelens_sae(tiny_model, tmp_path):
     assert (m["arch"], m["model"], m["layer"], m["site"], m["penalty"]) == ("l1", str(tiny_model), 1, "resid_post", "n/a")
     assert m["evaluated_sae"] == str((tmp_path / "sae").resolve()) and m["eval_tokens"] == 6 * 31
     for key in ("l0", "explained_variance", "ce_loss_recovered", "ce_clean", "ce_sae", "ce_zero", "kl_div",
-                "dead_fraction", "shrinkage"):
+                "dead_fraction_heldout", "shrinkage", "ce_loss_recovered_se", "explained_variance_se"):
         assert isinstance(m[key], float), key
     assert "mmcs" not in m and "skipped" not in r.stdout + r.stderr  # ground_truth: skipped quietly
     assert "saefw evaluation summary" in r.stdout and "held-out tokens" in r.stdout
@@ -50,8 +50,8 @@ def test_cli_evaluates_a_saelens_sae(tiny_model, tmp_path):
     from saefw.sources.base import RunSpec
 
     discover()
-    src = build("source", {"name": "hf", "context_size": 32, "eval_contexts": 6},
-                spec=RunSpec(str(tiny_model), 1, "resid_post", 0, 0))
+    src = build("source", {"name": "hf", "model": str(tiny_model), "layer": 1, "site": "resid_post",
+                           "context_size": 32, "eval_contexts": 6}, spec=RunSpec(seed=0, train_tokens=0))
     src.setup()
     x = torch.cat(list(src.eval_batches(4096)))
     with torch.no_grad():
@@ -80,7 +80,8 @@ def test_evaluating_a_saefw_run_reproduces_its_final_metrics(trained_runs, compo
     # the run used source.context_size=32 source.eval_contexts=4 (helpers.TINY_RUN): the same held-out split
     record = evaluate(composed(f"sae={run_dir}", "source.context_size=32", "source.eval_contexts=4"), tmp_path / "e")
     assert (record["arch"], record["penalty"], record["layer"], record["site"]) == ("jumprelu", "l0", 1, "resid_post")
-    for key in ("l0", "explained_variance", "ce_loss_recovered", "dead_fraction", "shrinkage"):
+    for key in ("l0", "explained_variance", "ce_loss_recovered", "dead_fraction_heldout", "shrinkage",
+                "ce_loss_recovered_se"):
         assert record[key] == pytest.approx(trained[key], rel=1e-4, abs=1e-5), key
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["l0"] == record["l0"]
     assert json.loads((run_dir / "metrics.json").read_text()) == trained  # the run's own file is untouched
@@ -118,12 +119,12 @@ def test_a_synthetic_source_sae_evaluates_on_its_source_with_ground_truth(compos
     from saefw.sources.base import RunSpec
 
     discover()
-    source = build("source", {"name": "synthetic", "eval_tokens": 2048}, spec=RunSpec(None, None, None, 0, 0))
+    source = build("source", {"name": "synthetic", "eval_tokens": 2048}, spec=RunSpec(seed=0, train_tokens=0))
     sae = build("arch", {"name": "topk", "k": 5}, d_in=64, d_sae=256)
     with torch.no_grad():  # the true directions as decoder rows: a perfect dictionary for mmcs
         sae.W_dec.copy_(source.ground_truth)
         sae.W_enc.copy_(source.ground_truth.T)
-    save_sae(sae, tmp_path / "sae", {**source.describe(), "penalty": "none"})
+    save_sae(sae, tmp_path / "sae", {**source.describe(), "source": "synthetic", "penalty": "none"})
     with pytest.raises(SaefwError, match=r"pass model=... layer=... site=..., or source=synthetic"):
         evaluate(composed(f"sae={tmp_path / 'sae'}"), tmp_path / "e")
     record = evaluate(composed(f"sae={tmp_path / 'sae'}", "source=synthetic", "source.eval_tokens=2048"),

@@ -31,7 +31,8 @@ def test_loss_against_a_hand_computation(matryoshka_cls):
     out = sae.loss(torch.tensor([[3.0, 1.0]]), lambda s: s.acts.new_zeros(()), 0.0)
     torch.testing.assert_close(out.f, torch.tensor([[3.0, 0.0, 2.5, 0.0]]))
     assert out.loss.item() == pytest.approx(1.125)
-    assert (out.terms["first_prefix_mse"].item(), out.terms["mse_loss"].item()) == pytest.approx((1.0, 1.25))
+    assert (out.terms["first_prefix_mse"].item(), out.terms["full_mse"].item()) == pytest.approx((1.0, 1.25))
+    assert out.terms["mse_loss"].item() == pytest.approx(1.125)  # the mean over prefixes, as in the loss
     out.loss.backward()
     # ∂loss/∂w_i = −(1/G) Σ_{g: i < m_g} 2 f_i (x − x̂_g): latent 0 sits in both prefixes, latent 2 only in the
     # whole dictionary, latent 1 is off
@@ -59,9 +60,9 @@ def test_cli_finds_trains_and_saves_the_copied_plugin(tmp_path):
                 "hydra.sweep.subdir=${hydra:runtime.choices.arch}", cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((sweep / "matryoshka" / "metrics.json").read_text())
-    assert (m["arch"], m["penalty"], m["l0"]) == ("matryoshka", "none", 32.0)
+    assert (m["arch"], m["penalty"], m["l0"]) == ("matryoshka", "none", 8.0)  # k = the preset's target_l0
     cfg = json.loads((sweep / "matryoshka" / "cfg.json").read_text())
-    assert (cfg["architecture"], cfg["k"]) == ("topk", 32)  # inference is topk's, so SAELens reads it as topk
+    assert (cfg["architecture"], cfg["k"]) == ("topk", 8)  # inference is topk's, so SAELens reads it as topk
     assert cfg["metadata"]["saefw"]["architecture"] == "matryoshka"
     assert cfg["metadata"]["saefw"]["arch_config"]["group_fractions"] == [0.0625, 0.125, 0.25, 0.5, 1.0]
 
@@ -72,12 +73,14 @@ def test_cli_finds_trains_and_saves_the_copied_plugin(tmp_path):
     from saefw.sources.base import RunSpec
 
     discover(plugin_dirs=[REPO])
-    source = build("source", {"name": "synthetic"}, spec=RunSpec("synthetic", 0, "", 0, 0))
+    source = build("source", {"name": "synthetic"}, spec=RunSpec(seed=0, train_tokens=0))
     x = torch.cat(list(source.eval_batches(4096)))
     ours, plain = load_sae(sweep / "matryoshka"), load_sae(sweep / "topk")
     assert ours.plugin_name == "matryoshka"
     theirs = SAE.load_from_disk(sweep / "matryoshka")
-    assert type(theirs).__name__ == "TopKSAE"
+    from sae_lens.saes.topk_sae import TopKSAE as SAELensTopK
+
+    assert isinstance(theirs, SAELensTopK)
     assert_same_function(ours, theirs, x)
     # the effect: the first 1/16 of the latents (16 of 256) reconstruct on their own (topk at 30 steps: ~0.04)
     first = ours.prefixes[0]

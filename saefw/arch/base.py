@@ -31,12 +31,14 @@ class TrainOutput:
     :func:`saefw.sparsity.compose_loss` into ``mse + Σ aux + λ·P(sparsity)``.
 
     ``f`` [B, d_sae] the latents; ``mse`` = E‖x − x̂‖²; ``sparsity`` what the penalty P reads; ``aux`` extra loss
-    terms added as they are (their weights are arch options, e.g. AuxK's α), keyed by their logged names."""
+    terms added as they are (their weights are arch options, e.g. AuxK's α), keyed by their logged names;
+    ``logs`` detached values only logged (never added to the loss)."""
 
     f: Tensor
     mse: Tensor
     sparsity: SparsityInput
     aux: dict[str, Tensor] = field(default_factory=dict)
+    logs: dict[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass

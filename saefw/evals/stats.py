@@ -3,7 +3,7 @@
 Tokens of one context are correlated, so the unit is the context, not the token: a metric that is a ratio of
 sums over contexts, R = Σ_c a_c / Σ_c b_c, gets the delta-method (linearisation) standard error
 
-    SE(R) = sqrt( Σ_c (a_c − R·b_c)² / (n(n−1)) ) / b̄,     b̄ = Σ_c b_c / n,
+    SE(R) = sqrt( Σ_c (a_c − R·b_c)² / (n(n−1)) ) / |b̄|,     b̄ = Σ_c b_c / n,
 
 and a mean of per-context values d_c gets SE = std(d_c) / √n (sample standard deviation, n − 1)."""
 from __future__ import annotations
@@ -20,7 +20,7 @@ def ratio_se(a, b) -> float:
     if n < 2 or b.sum() == 0:
         return math.nan
     r = a.sum() / b.sum()
-    return float(math.sqrt(((a - r * b) ** 2).sum() / (n * (n - 1))) / (b.sum() / n))
+    return float(math.sqrt(((a - r * b) ** 2).sum() / (n * (n - 1))) / abs(b.sum() / n))
 
 
 def mean_se(d) -> float:
