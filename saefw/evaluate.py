@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from saefw.atomic import write_json
 from saefw.errors import SaefwError
 
 log = logging.getLogger("saefw")
@@ -114,9 +114,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
               "d_in": sae.d_in, "d_sae": sae.d_sae, "evaluated_sae": str(sae_dir.resolve()),
               "eval_tokens": sum(len(b) for b in source.eval_batches(cfg.eval_batch_size)),
               "wall_seconds": round(time.time() - t0, 1)}
-    tmp = out_dir / "metrics.json.partial"
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, out_dir / "metrics.json")
+    write_json(out_dir / "metrics.json", record)
     print_summary(record, out_dir, title="saefw evaluation summary")
     return record
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import re
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from saefw import saelens_format
+from saefw.atomic import atomic_path, write_json
 from saefw.errors import SaefwError
 from saefw.registry import build, discover, names
 
@@ -41,13 +41,6 @@ def fold_input_scale(sae):
     return sae
 
 
-def _write_atomic(path: Path, write) -> None:
-    """``write(tmp_path)`` then rename over ``path``, so an interruption never leaves a truncated file."""
-    tmp = path.with_name(path.name + ".partial")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_sae(sae, folder: Path, provenance: dict | None = None) -> None:
     """Write ``sae`` to ``folder`` as a SAELens-loadable directory (weights first, then cfg.json).
 
@@ -59,8 +52,9 @@ def save_sae(sae, folder: Path, provenance: dict | None = None) -> None:
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in folded.state_dict().items()
                if k != "input_scale"}
     cfg = saelens_format.export_config(folded, provenance)
-    _write_atomic(folder / WEIGHTS, lambda p: save_file(tensors, str(p)))
-    _write_atomic(folder / CONFIG, lambda p: p.write_text(json.dumps(cfg, indent=2, default=str)))
+    with atomic_path(folder / WEIGHTS) as tmp:
+        save_file(tensors, str(tmp))
+    write_json(folder / CONFIG, cfg)
 
 
 def read_config(folder: Path) -> dict:

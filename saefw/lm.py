@@ -7,7 +7,6 @@ replaced when splicing, and never scored, so every metric uses the same set of p
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -81,6 +80,7 @@ def model_digest(name: str, local_files_only: bool = True) -> str:
     import hashlib
     import json
 
+    from saefw.atomic import write_json
     from saefw.embedded import cache_dir
 
     path = Path(resolve_model(name)).expanduser()
@@ -109,10 +109,7 @@ def model_digest(name: str, local_files_only: bool = True) -> str:
                     fh_hash.update(chunk)
             memo[memo_key] = fh_hash.hexdigest()
         h.update(f"{f.name}:{memo[memo_key]}".encode())
-    memo_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = memo_file.with_name(f"{memo_file.name}.{os.getpid()}.partial")
-    tmp.write_text(json.dumps(memo))
-    tmp.replace(memo_file)
+    write_json(memo_file, memo, indent=None)
     return h.hexdigest()[:16]
 
 

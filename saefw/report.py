@@ -3,13 +3,14 @@
 The metrics record is built in one place (:meth:`Reporter.record`) for the normal and the interrupted exit."""
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from saefw.atomic import atomic_path, write_json
 
 SUMMARY_KEYS = ("l0", "explained_variance", "ce_loss_recovered", "ce_delta", "kl_div", "dead_fraction",
                 "shrinkage", "mmcs")
@@ -88,9 +89,7 @@ class Reporter:
             lg.experiment.summary.update({k: v for k, v in record.items() if isinstance(v, (int, float, str))})
         for lg in self.loggers:
             lg.finalize(status)
-        tmp = self.run_dir / "metrics.json.partial"
-        tmp.write_text(json.dumps(record, indent=2))
-        tmp.replace(self.run_dir / "metrics.json")
+        write_json(self.run_dir / "metrics.json", record)
         if metrics is not None and metrics.get("feature_density") is not None:
             plot_density(metrics["feature_density"], self.run_dir / "feature_density.png")
 
@@ -106,7 +105,8 @@ def plot_density(density: torch.Tensor, path: Path) -> None:
     ax.set_xlabel("log10 firing frequency (held-out tokens)")
     ax.set_ylabel("latents")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 
 

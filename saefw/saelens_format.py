@@ -23,7 +23,6 @@ import dataclasses
 import logging
 import math
 
-import torch
 from torch import Tensor
 
 from saefw.errors import SaefwError

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from filelock import FileLock
 
+from saefw.atomic import atomic_path, write_json
 from saefw.errors import SaefwError
 
 MANIFEST = "manifest.json"
@@ -131,9 +132,7 @@ class ActivationStore:
                         shards=[Shard(**s) for s in raw["shards"]])
 
     def _write_manifest(self, m: Manifest) -> None:
-        tmp = self.path / (MANIFEST + ".partial")
-        tmp.write_text(json.dumps(asdict(m), indent=1))
-        tmp.replace(self.path / MANIFEST)
+        write_json(self.path / MANIFEST, asdict(m), indent=1)
 
     # --- writing (caller holds self.lock) ---
     def write(self, index: int, acts: torch.Tensor, tokens: torch.Tensor) -> Shard:
@@ -150,12 +149,13 @@ class ActivationStore:
         arr = acts.detach().to("cpu", torch_dtype).contiguous()
         arr = (arr.view(torch.uint16) if self.key.dtype == "bfloat16" else arr).numpy()
         assert arr.dtype == np_dtype
-        tmp = self.path / (name + ".partial")
-        with open(tmp, "wb") as fh:
-            np.save(fh, arr)
-        np.save(self.path / tok_name, tokens.to(torch.int32).numpy())
-        shard = Shard(name, tok_name, int(tokens.shape[0]), int(arr.shape[0]), _checksum(tmp.read_bytes()))
-        tmp.replace(self.path / name)
+        with atomic_path(self.path / tok_name) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, tokens.to(torch.int32).numpy())
+        with atomic_path(self.path / name) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, arr)
+            shard = Shard(name, tok_name, int(tokens.shape[0]), int(arr.shape[0]), _checksum(tmp.read_bytes()))
         if index == len(m.shards):
             m.shards.append(shard)
         else:

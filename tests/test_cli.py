@@ -26,7 +26,7 @@ def test_default_job_end_to_end(tiny_model, tmp_path):
                  "checkpoints/last.ckpt"):
         assert (out / name).exists(), name
     assert list((out / "wandb").glob("offline-run-*")), "an offline W&B run must be written"
-    from saefw.io import load_sae, sae_metadata
+    from saefw.io import load_sae
 
     sae = load_sae(out)
     assert sae.W_enc.shape == (32, 128) and json.loads((out / "cfg.json").read_text())["metadata"]["hook_layer"] == 1

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from saefw.analysis.panels import Panel, panels_for, series_for, subtitle
 from saefw.analysis.tradeoff import Tradeoff
-from saefw.atomic import partial_path
+from saefw.atomic import atomic_path
 
 
 def _draw(ax, table: Tradeoff, panel: Panel) -> None:
@@ -66,8 +66,7 @@ def write_png(table: Tradeoff, path: Path, dpi: int = 110) -> Path | None:
     fig.suptitle(f"Sparsity / fidelity trade-off — {subtitle(table)}", fontsize=11)
     fig.tight_layout(rect=(0, 0.07 if rows == 1 else 0.04, 1, 1))
     path = Path(path)
-    tmp = partial_path(path)
-    fig.savefig(tmp, dpi=dpi, format="png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return path

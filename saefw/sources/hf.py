@@ -5,7 +5,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ import torch
 from omegaconf import II
 from torch import Tensor
 
+from saefw.atomic import write_json
 from saefw.corpus import Corpus, split_documents
 from saefw.errors import SaefwError
 from saefw.harvest import fill_stores
@@ -192,9 +192,7 @@ class HFActivationSource(ActivationSource):
                 log.warning("ignoring corrupt cache file %s", path)
         memo[name] = compute()
         if path is not None:
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
-            tmp.write_text(json.dumps(memo[name]))
-            tmp.replace(path)
+            write_json(path, memo[name], indent=None)
         return memo[name]
 
     def describe(self) -> dict:
