@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import warnings
 
 import pytorch_lightning as pl
 import torch
@@ -14,6 +15,8 @@ from saefw.evals.base import run_evaluators
 from saefw.sparsity import SparsityController, compose_loss
 
 log = logging.getLogger(__name__)
+# the stream is read in the main process (num_workers=0), so a length on an IterableDataset is exact here
+warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
 
 
 class _Stream(IterableDataset):
