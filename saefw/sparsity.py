@@ -35,8 +35,8 @@ class SparsityConfig:
 
         log λ ← log λ + adapt_rate · clip(log(L0_ema / L0*_t), ±1),
 
-    towards a target that itself descends geometrically from the L0 seen when the warmup ends to ``target_l0``
-    over the first ``anneal_fraction`` of training. An untrained SAE is dense and gets sparser by itself as it
+    towards a target that itself descends geometrically from the highest L0 seen so far to ``target_l0`` over
+    the first ``anneal_fraction`` of training. An untrained SAE is dense and gets sparser by itself as it
     learns, so chasing the final target from the first step would drive λ far too high and collapse L0 (and
     kill latents) before it recovers. Over the last ``freeze_fraction`` λ is held, so the SAE converges under one
     fixed objective."""
@@ -44,7 +44,7 @@ class SparsityConfig:
     adapt_rate: float = 0.02
     ema: float = 0.2  # weight of the newest batch's L0 in the running estimate the controller reads
     anneal_fraction: float = 0.5
-    freeze_fraction: float = 0.1
+    freeze_fraction: float = 0.2  # = the learning rate's decay: λ is not chased while the SAE can barely move
     warmup_fraction: float = 0.05
 
 
@@ -76,7 +76,7 @@ class SparsityController(nn.Module):
         return math.exp(self.log_coefficient.item()) * ramp
 
     def target_at(self, step: int) -> float:
-        """L0*_t: from the L0 of the first step down to the target, geometrically."""
+        """L0*_t: from the highest L0 seen so far down to the target, geometrically."""
         anneal = self.cfg.anneal_fraction * self.total_steps
         start = self.l0_start.item()
         if math.isnan(start) or start <= self.target or step >= anneal:
@@ -89,14 +89,14 @@ class SparsityController(nn.Module):
     @torch.no_grad()
     def update(self, l0: Tensor, step: int) -> None:
         """Feed the batch's L0; move λ towards L0*_t (except in the frozen tail). The warmup ramp multiplies λ
-        and the anneal starts at the first step's L0, so the error is ~0 early on and nothing winds up."""
+        and the anneal starts at the L0 seen so far, so the error is ~0 early on and nothing winds up."""
         if not self.adapting:
             return
         l0 = l0.float().clamp_min(1e-3)
         ema = l0 if torch.isnan(self.l0_ema) else torch.lerp(self.l0_ema, l0, self.cfg.ema)
         self.l0_ema.copy_(ema)
-        if torch.isnan(self.l0_start):
-            self.l0_start.copy_(ema)
+        if step < self.cfg.anneal_fraction * self.total_steps and not (ema <= self.l0_start):
+            self.l0_start.copy_(ema)  # the densest the SAE has been so far (JumpReLU starts sparse, then densifies)
         if self.frozen(step):
             return
         err = torch.log(ema / self.target_at(step)).clamp(-1.0, 1.0)

@@ -14,7 +14,8 @@ def test_warmup_anneal_adaptation_and_freeze_by_hand():
     c = SparsityController(cfg, initial=2.0, target_l0=10, total_steps=100)
     assert c.coefficient(0) == pytest.approx(2.0 * 1 / 10)  # linear ramp over the first 10 steps
     assert c.coefficient(9) == pytest.approx(2.0)
-    c.update(torch.tensor(1000.0), step=0)  # the anneal starts at the first step's L0: no error, no change
+    c.update(torch.tensor(500.0), step=0)  # the anneal starts at the highest L0 seen: no error, no change
+    c.update(torch.tensor(1000.0), step=0)
     assert c.l0_start.item() == 1000.0 and c.coefficient(50) == pytest.approx(2.0)
     # L0*_t descends geometrically from 1000 to 10 over the first 50 steps: 100 at step 25
     assert c.target_at(25) == pytest.approx(100.0) and c.target_at(50) == 10 and c.target_at(99) == 10
