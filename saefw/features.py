@@ -1,11 +1,10 @@
 """``python -m saefw.features run=<dir>``: scan text with a trained SAE, store what each feature does in
-``<dir>/features/`` (see :mod:`saefw.analysis.store`) and write the HTML dashboard ``<dir>/dashboard/``.
+``<dir>/features/`` (see :mod:`saefw.analysis.feature_store`) and write the HTML dashboard ``<dir>/dashboard/``.
 
 A rerun with the same settings (and the same SAE weights) reuses the store and only rewrites the dashboard.
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -55,7 +54,7 @@ class FeaturesConfig:
 
 
 def store_schema() -> None:
-    ConfigStore.instance().store(name="features_schema", node=FeaturesConfig)
+    ConfigStore.instance().store(name="saefw_features_schema", node=FeaturesConfig)
 
 
 def resolve_device(device: str) -> str:
@@ -99,9 +98,9 @@ def compute(cfg, run_dir: Path, lm, sae, meta: dict, settings: dict, lens_settin
     """Scan (unless ``old`` holds a scan with these settings) and compute the logit lens; returns FeatureData."""
     from saefw.analysis.logit_lens import logit_lens, unembedding
     from saefw.analysis.quantiles import histogram, quantile_edges, quantile_samples, sample_values
-    from saefw.analysis.scan import ScanSettings, scan
+    from saefw.analysis.scan import ScanSettings, context_batches, scan
     from saefw.analysis.stats import dead_and_dense, firing_stats
-    from saefw.analysis.store import FeatureData
+    from saefw.analysis.feature_store import FeatureData
     from saefw.corpus import Corpus
 
     device = resolve_device(cfg.device)
@@ -112,8 +111,8 @@ def compute(cfg, run_dir: Path, lm, sae, meta: dict, settings: dict, lens_settin
         corpus = Corpus(settings["corpus"], text_field=cfg.corpus_text_field)
         T = settings["context_size"]
         n_contexts = math.ceil(cfg.n_tokens / (T - 1))
-        batches = _batched(itertools.islice(_contexts(lm, documents(corpus, cfg.split, cfg.heldout_fraction), T),
-                                            n_contexts), cfg.batch_contexts)
+        batches = context_batches(lm, documents(corpus, cfg.split, cfg.heldout_fraction), T, n_contexts,
+                                  cfg.batch_contexts)
         ss = ScanSettings(top_n=cfg.top_n, before=cfg.window_before, after=cfg.window_after,
                           pool=cfg.quantile_pool, sample=cfg.histogram_sample, seed=cfg.seed)
         result = scan(lm, sae.to(device), batches, ss, n_contexts=n_contexts, device=device)
@@ -129,7 +128,7 @@ def compute(cfg, run_dir: Path, lm, sae, meta: dict, settings: dict, lens_settin
         counts, hist_edges = histogram(values, stats["max_act"], stats["fired"], cfg.histogram_bins)
         stats.update(hist_counts=counts, hist_edges=hist_edges, hist_sampled=(~torch.isnan(values)).sum(1))
         qs = quantile_samples(result.pool, edges, cfg.quantile_samples)
-        top = _top_tensors(result.top)
+        top = result.top.feature_major()
         quant = {"edges": qs.edges, "value": qs.value, "context": qs.context, "position": qs.position,
                  "acts": qs.acts}
         tokens = result.tokens
@@ -152,34 +151,9 @@ def compute(cfg, run_dir: Path, lm, sae, meta: dict, settings: dict, lens_settin
     return FeatureData(meta=new_meta, tokens=tokens, stats=stats, top=top, quantiles=quant, logit_lens=lens)
 
 
-def _contexts(lm, docs, context_size: int):
-    for chunk in lm.iter_contexts(docs, context_size, chunk=64):
-        yield from chunk
-
-
-def _batched(rows, size: int):
-    batch = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) == size:
-            yield torch.stack(batch)
-            batch = []
-    if batch:
-        yield torch.stack(batch)
-
-
-def _top_tensors(top) -> dict:
-    """The running top contexts as [d_sae, n] tensors, empty slots (never fired) as value 0, context −1."""
-    filled = top.filled()
-    return {"value": torch.where(filled, top.value, 0.0).t().cpu().contiguous(),
-            "context": torch.where(filled, top.context, -1).t().cpu().contiguous(),
-            "position": torch.where(filled, top.position, -1).t().cpu().contiguous(),
-            "acts": (top.acts * filled[..., None]).transpose(0, 1).cpu().contiguous()}
-
-
 def features(cfg, output_dir: Path | None = None) -> dict:
     """The command: load the SAE and its model, compute or reuse the store, write the dashboard."""
-    from saefw.analysis import store
+    from saefw.analysis import feature_store as store
     from saefw.analysis.dashboard import decode_tokens, write_dashboard
     from saefw.io import load_sae, sae_metadata
     from saefw.lm import LanguageModel

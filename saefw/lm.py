@@ -197,46 +197,43 @@ class LanguageModel:
 
     @torch.no_grad()
     def generate(self, tokens: Tensor, max_new_tokens: int, replace: Callable[[Tensor], Tensor] | None = None,
-                 temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None,
-                 stop_at_eos: bool = True) -> Tensor:
-        """Continue ``tokens`` [B, T] (BOS at position 0) by up to ``max_new_tokens``; returns the new tokens
-        [B, ≤ max_new_tokens] (after EOS a row is padded with EOS).
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, stop_at_eos: bool = True) -> Tensor:
+        """Continue ``tokens`` [B, T] (BOS at position 0) by up to ``max_new_tokens`` with ``transformers``'
+        ``generate`` (KV cache); returns the new tokens [B, ≤ max_new_tokens].
 
-        ``replace`` edits the hook activation at every non-BOS position, prompt and generated tokens alike, as in
-        :meth:`logits`. ``temperature`` 0 is greedy; otherwise tokens are sampled from softmax(logits / T)
-        restricted to the smallest set of tokens whose probability reaches ``top_p`` (nucleus sampling), drawn
-        with ``generator`` so a seed fixes the output. The prefix is recomputed every step (no KV cache): the
-        edit then sees every position exactly as in a single forward, on any model family."""
+        ``replace`` edits the hook activation at every position after BOS — prompt and generated tokens alike,
+        as :meth:`logits` does for one forward: the hook counts the positions it has seen, so the cached steps
+        (one new position each) are edited and BOS never is. ``temperature`` 0 is greedy; otherwise tokens are
+        sampled from softmax(logits / temperature) within the top-``top_p`` nucleus, from a generator seeded with
+        ``seed`` (the global RNG state is restored afterwards). The model's own generation defaults (top-k,
+        repetition penalty ...) are not applied."""
+        from transformers import GenerationConfig
+
         if temperature < 0 or not 0 < top_p <= 1:
             raise SaefwError(f"temperature={temperature} must be >= 0 and top_p={top_p} in (0, 1]")
-        seq = tokens.to(self.device)
-        done = torch.zeros(len(seq), dtype=torch.bool, device=self.device)
+        seen = {"n": 0}
+
+        def splice(x):
+            start, seen["n"] = seen["n"], seen["n"] + x.shape[1]
+            if replace is None:
+                return None
+            new = x.clone()
+            skip = max(0, 1 - start)  # absolute position 0 (BOS) is never edited
+            new[:, skip:] = replace(x[:, skip:]).to(x.dtype)
+            return new
+
         eos = self.tokenizer.eos_token_id
-        start = seq.shape[1]
-        for _ in range(max_new_tokens):
-            logits = self.logits(seq, replace=replace)[:, -1]
-            nxt = sample_next(logits, temperature, top_p, generator)
-            if eos is not None:
-                nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
-                done |= nxt == eos
-            seq = torch.cat([seq, nxt[:, None]], dim=1)
-            if stop_at_eos and eos is not None and bool(done.all()):
-                break
-        return seq[:, start:].cpu()
-
-
-def sample_next(logits: Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> Tensor:
-    """Next token ids [B] from logits [B, V]: argmax when ``temperature`` is 0, else a draw from the top-p
-    nucleus of softmax(logits / temperature)."""
-    if temperature == 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    sorted_p, order = probs.sort(dim=-1, descending=True)
-    # keep a token while the mass before it is below top_p (so the most likely token is always kept)
-    keep = (sorted_p.cumsum(-1) - sorted_p) < top_p
-    sorted_p = sorted_p * keep
-    pick = torch.multinomial(sorted_p.cpu(), 1, generator=generator).to(order.device)
-    return order.gather(-1, pick).squeeze(-1)
+        sample = temperature > 0
+        gen = GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=0 if stop_at_eos else max_new_tokens,
+                               do_sample=sample, temperature=temperature if sample else None,
+                               top_p=top_p if sample else None, top_k=0 if sample else None,
+                               eos_token_id=eos, pad_token_id=eos if eos is not None else self.bos_id)
+        tokens = tokens.to(self.device)
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), self._hook(splice):
+            torch.manual_seed(seed)
+            out = self.model.generate(tokens, attention_mask=torch.ones_like(tokens), generation_config=gen)
+        return out[:, tokens.shape[1]:].cpu()
 
 
 def next_token_ce(logits: Tensor, tokens: Tensor) -> Tensor:

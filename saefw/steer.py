@@ -37,7 +37,7 @@ class SteerConfig:
 
 
 def store_schema() -> None:
-    ConfigStore.instance().store(name="steer_schema", node=SteerConfig)
+    ConfigStore.instance().store(name="saefw_steer_schema", node=SteerConfig)
 
 
 def _as_list(name: str, v) -> list:
@@ -103,9 +103,9 @@ def steer(cfg, output_dir: Path | None = None) -> dict:
     tokens = torch.tensor([[lm.bos_id, *ids]])
     out = {}
     for name, replace in (("unsteered", None), ("steered", edit)):
-        gen = torch.Generator().manual_seed(cfg.seed)  # the same draws for both, so only the edit differs
+        # the same seed for both, so with sampling only the edit differs
         new = lm.generate(tokens, cfg.max_new_tokens, replace=replace, temperature=cfg.temperature,
-                          top_p=cfg.top_p, generator=gen, stop_at_eos=cfg.stop_at_eos)[0].tolist()
+                          top_p=cfg.top_p, seed=cfg.seed, stop_at_eos=cfg.stop_at_eos)[0].tolist()
         eos = lm.tokenizer.eos_token_id
         if eos in new:
             new = new[: new.index(eos)]

@@ -57,6 +57,18 @@ class RunningTop:
         """[n, d_sae] True where the slot holds a token where the feature fired (value > 0)."""
         return (self.context >= 0) & (self.value > 0)
 
+    def feature_major(self) -> dict[str, Tensor]:
+        """The kept candidates as CPU tensors indexed by feature first — ``value``, ``context``, ``position``
+        [d_sae, n] and ``acts`` [d_sae, n, W] — with slots where the feature did not fire emptied (value 0,
+        context and position −1, acts 0). Slots stay in descending score order."""
+        filled = self.filled()
+        out = {"value": torch.where(filled, self.value, 0.0), "context": torch.where(filled, self.context, -1),
+               "position": torch.where(filled, self.position, -1)}
+        out = {k: v.t().cpu().contiguous() for k, v in out.items()}
+        if self.acts is not None:
+            out["acts"] = (self.acts * filled[..., None]).transpose(0, 1).cpu().contiguous()
+        return out
+
 
 def window_of(f: Tensor, row: Tensor, position: Tensor, feature: Tensor, window: tuple[int, int]) -> Tensor:
     """Activations f[row, position + o, feature] for o in −before … after, [K, before + 1 + after]; 0 outside

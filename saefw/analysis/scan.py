@@ -5,7 +5,8 @@ Position 0 of every context is BOS: it is neither scored nor recorded, as everyw
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +47,15 @@ class ScanResult:
     top: RunningTop
     pool: RunningTop
     sample: RunningTop
+
+
+def context_batches(lm, docs: Iterable[str], context_size: int, n_contexts: int, batch: int) -> Iterator[Tensor]:
+    """The first ``n_contexts`` contexts of ``docs`` (tokenised and cut exactly as evaluation does, BOS first,
+    see :meth:`saefw.lm.LanguageModel.iter_contexts`), in batches [≤ batch, context_size]."""
+    rows = (row for chunk in lm.iter_contexts(docs, context_size, chunk=64) for row in chunk)
+    rows = itertools.islice(rows, n_contexts)
+    while part := list(itertools.islice(rows, batch)):
+        yield torch.stack(part)
 
 
 @torch.no_grad()

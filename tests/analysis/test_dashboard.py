@@ -6,7 +6,7 @@ import torch
 
 from browser import needs_chromium, rendered_dom
 from feature_helpers import copy_sae, parse_html, run_module, trained_run
-from saefw.analysis import store
+from saefw.analysis import feature_store as store
 from saefw.analysis.dashboard import add_extension
 from saefw.errors import SaefwError
 

@@ -2,7 +2,7 @@
 import torch
 
 from feature_helpers import copy_sae, features_cfg, trained_run
-from saefw.analysis import store
+from saefw.analysis import feature_store as store
 from saefw.analysis.logit_lens import logit_lens, unembedding
 from saefw.features import features
 from saefw.io import load_sae

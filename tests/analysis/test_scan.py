@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from feature_helpers import all_activations, copy_sae, features_cfg, trained_run, window
-from saefw.analysis import store
+from saefw.analysis import feature_store as store
 from saefw.analysis.running_top import RunningTop
 from saefw.corpus import Corpus, split_documents
 from saefw.features import features

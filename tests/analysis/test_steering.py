@@ -8,7 +8,7 @@ from saefw.analysis.steering import add_directions, clamp_features
 from saefw.corpus import Corpus, split_documents
 from saefw.errors import SaefwError
 from saefw.io import load_sae
-from saefw.lm import LanguageModel, sample_next
+from saefw.lm import LanguageModel
 
 
 @pytest.fixture(scope="module")
@@ -78,32 +78,41 @@ def test_add_directions_is_scale_times_unit_direction(setup):
     torch.testing.assert_close(add_directions(sae, [3, 7], [4.0, -2.0])(x), x + 4 * d[3] - 2 * d[7])
 
 
-def test_generate_matches_transformers_greedy_and_steers_every_position(setup):
+def test_generation_edits_every_position_as_a_full_forward_would(setup):
+    """Cached generation with the edit equals a greedy loop that recomputes every prefix with the edit applied to
+    all its non-BOS positions in one forward (no cache), so generated tokens are steered too."""
     lm, sae, tokens = setup
     prompt = tokens[:1, :9]
-    ours = lm.generate(prompt, 8, stop_at_eos=False)
-    theirs = lm.model.generate(prompt, max_new_tokens=8, do_sample=False, min_new_tokens=8)[:, 9:]
-    assert torch.equal(ours, theirs)
+    edit = add_directions(sae, [5], [3.0])
     seen = []
 
-    def edit(x):
+    def recording(x):
         seen.append(x.shape[1])
-        return add_directions(sae, [5], [3.0])(x)
+        return edit(x)
 
-    lm.generate(prompt, 4, replace=edit, stop_at_eos=False)
-    assert seen == [8, 9, 10, 11]  # every position after BOS, prompt and generated tokens alike
+    ours = lm.generate(prompt, 6, replace=recording, stop_at_eos=False)
+    seq = prompt
+    for _ in range(6):
+        nxt = lm.logits(seq, replace=edit)[:, -1].argmax(-1, keepdim=True)
+        seq = torch.cat([seq, nxt], 1)
+    assert torch.equal(ours, seq[:, 9:])
+    assert seen == [8, 1, 1, 1, 1, 1]  # the prompt after BOS, then each generated position once
+    assert not torch.equal(ours, lm.generate(prompt, 6, stop_at_eos=False))  # the edit changed the text
 
 
-def test_sampling_is_seeded_and_top_p_keeps_the_nucleus():
-    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0, 0.0]]).repeat(64, 1)
-    draw = lambda seed, **kw: sample_next(logits, generator=torch.Generator().manual_seed(seed), **kw)  # noqa: E731
-    assert torch.equal(draw(1, temperature=1.0, top_p=1.0), draw(1, temperature=1.0, top_p=1.0))
-    assert not torch.equal(draw(1, temperature=1.0, top_p=1.0), draw(2, temperature=1.0, top_p=1.0))
-    assert (draw(3, temperature=1.0, top_p=1e-3) == 0).all()  # nucleus of one token: the argmax
-    p = torch.softmax(logits[0], -1)
-    nucleus = draw(4, temperature=1.0, top_p=float(p[0] + p[1]) - 1e-4)
-    assert set(nucleus.tolist()) <= {0, 1}
-    assert torch.equal(sample_next(logits, 0.0, 1.0, None), torch.zeros(64, dtype=torch.long))
+def test_sampling_is_seeded(setup):
+    lm, _, tokens = setup
+    prompt = tokens[:2, :6]
+    draw = lambda seed, **kw: lm.generate(prompt, 8, temperature=1.0, seed=seed, stop_at_eos=False, **kw)  # noqa
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    assert torch.equal(draw(1), draw(1))
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is left alone
+    assert not torch.equal(draw(1), draw(2))
+    greedy = lm.generate(prompt, 8, stop_at_eos=False)
+    assert torch.equal(draw(3, top_p=1e-6), greedy)  # a nucleus of one token is the argmax
+    with pytest.raises(SaefwError, match="top_p=0 in"):
+        lm.generate(prompt, 2, temperature=1.0, top_p=0)
 
 
 def test_bad_steering_requests_are_clear_errors(setup):

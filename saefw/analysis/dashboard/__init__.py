@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from saefw.analysis.store import FeatureData
+from saefw.analysis.feature_store import FeatureData
 from saefw.errors import SaefwError
 
 _HERE = Path(__file__).parent
