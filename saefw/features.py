@@ -94,46 +94,49 @@ def scan_settings(cfg, meta: dict, corpus: str, context_size: int, digest: str) 
             "histogram_bins": cfg.histogram_bins, "seed": cfg.seed}
 
 
-def compute(cfg, run_dir: Path, lm, sae, meta: dict, settings: dict, lens_settings: dict, old):
-    """Scan (unless ``old`` holds a scan with these settings) and compute the logit lens; returns FeatureData."""
-    from saefw.analysis.logit_lens import logit_lens, unembedding
+def scan_text(cfg, lm, sae, settings: dict) -> tuple:
+    """Scan ``settings['corpus']`` and derive what the store keeps: (tokens, stats, top, quantiles, scan meta)."""
     from saefw.analysis.quantiles import histogram, quantile_edges, quantile_samples, sample_values
     from saefw.analysis.scan import ScanSettings, context_batches, scan
-    from saefw.analysis.stats import dead_and_dense, firing_stats
-    from saefw.analysis.feature_store import FeatureData
+    from saefw.analysis.stats import firing_stats
     from saefw.corpus import Corpus
 
-    device = resolve_device(cfg.device)
+    corpus = Corpus(settings["corpus"], text_field=cfg.corpus_text_field)
+    T = settings["context_size"]
+    n_contexts = math.ceil(cfg.n_tokens / (T - 1))
+    batches = context_batches(lm, documents(corpus, cfg.split, cfg.heldout_fraction), T, n_contexts,
+                              cfg.batch_contexts)
+    ss = ScanSettings(top_n=cfg.top_n, before=cfg.window_before, after=cfg.window_after, pool=cfg.quantile_pool,
+                      sample=cfg.histogram_sample, seed=cfg.seed)
+    result = scan(lm, sae, batches, ss, n_contexts=n_contexts, device=resolve_device(cfg.device))
+    if result.n_tokens == 0:
+        raise SaefwError(f"corpus={settings['corpus']!r} split={cfg.split} has fewer tokens than one context of {T}")
+    if len(result.tokens) < n_contexts:
+        log.warning("the %s split of %s has only %d tokens (n_tokens=%d asked)", cfg.split, settings["corpus"],
+                    result.n_tokens, cfg.n_tokens)
+    stats = firing_stats(result.fired, result.act_sum, result.max_act, result.n_tokens)
+    values = sample_values(result.sample)
+    counts, hist_edges = histogram(values, stats["max_act"], stats["fired"], cfg.histogram_bins)
+    stats.update(hist_counts=counts, hist_edges=hist_edges, hist_sampled=(~torch.isnan(values)).sum(1))
+    qs = quantile_samples(result.pool, quantile_edges(values, stats["max_act"], cfg.quantiles), cfg.quantile_samples)
+    quant = {"edges": qs.edges, "value": qs.value, "context": qs.context, "position": qs.position, "acts": qs.acts}
+    scan_meta = {"n_contexts": len(result.tokens), "n_tokens": result.n_tokens, "context_size": T,
+                 "corpus": settings["corpus"], "split": cfg.split, "heldout_fraction": cfg.heldout_fraction}
+    return result.tokens, stats, result.top.feature_major(), quant, scan_meta
+
+
+def compute(cfg, run_dir: Path, lm, sae, meta: dict, settings: dict, lens_settings: dict, old):
+    """The feature data: the stored scan and logit lens of ``old`` where their settings match, new ones
+    otherwise, with dead / dense lists for ``cfg.dense_threshold``."""
+    from saefw.analysis.feature_store import FeatureData
+    from saefw.analysis.logit_lens import logit_lens, unembedding
+    from saefw.analysis.stats import dead_and_dense
+
     if old is not None and old.meta["settings"]["scan"] == settings:
         log.info("reusing the stored scan in %s", run_dir / "features")
         tokens, stats, top, quant, scan_meta = old.tokens, old.stats, old.top, old.quantiles, old.meta["scan"]
     else:
-        corpus = Corpus(settings["corpus"], text_field=cfg.corpus_text_field)
-        T = settings["context_size"]
-        n_contexts = math.ceil(cfg.n_tokens / (T - 1))
-        batches = context_batches(lm, documents(corpus, cfg.split, cfg.heldout_fraction), T, n_contexts,
-                                  cfg.batch_contexts)
-        ss = ScanSettings(top_n=cfg.top_n, before=cfg.window_before, after=cfg.window_after,
-                          pool=cfg.quantile_pool, sample=cfg.histogram_sample, seed=cfg.seed)
-        result = scan(lm, sae.to(device), batches, ss, n_contexts=n_contexts, device=device)
-        if result.n_tokens == 0:
-            raise SaefwError(f"corpus={settings['corpus']!r} split={cfg.split} has fewer tokens than one context "
-                             f"of {T}")
-        if len(result.tokens) < n_contexts:
-            log.warning("the %s split of %s has only %d tokens (n_tokens=%d asked)", cfg.split, settings["corpus"],
-                        result.n_tokens, cfg.n_tokens)
-        stats = firing_stats(result.fired, result.act_sum, result.max_act, result.n_tokens)
-        values = sample_values(result.sample)
-        edges = quantile_edges(values, stats["max_act"], cfg.quantiles)
-        counts, hist_edges = histogram(values, stats["max_act"], stats["fired"], cfg.histogram_bins)
-        stats.update(hist_counts=counts, hist_edges=hist_edges, hist_sampled=(~torch.isnan(values)).sum(1))
-        qs = quantile_samples(result.pool, edges, cfg.quantile_samples)
-        top = result.top.feature_major()
-        quant = {"edges": qs.edges, "value": qs.value, "context": qs.context, "position": qs.position,
-                 "acts": qs.acts}
-        tokens = result.tokens
-        scan_meta = {"n_contexts": len(tokens), "n_tokens": result.n_tokens, "context_size": T,
-                     "corpus": settings["corpus"], "split": cfg.split, "heldout_fraction": cfg.heldout_fraction}
+        tokens, stats, top, quant, scan_meta = scan_text(cfg, lm, sae, settings)
     if old is not None and old.meta["settings"].get("logit_lens") == lens_settings:
         lens = old.logit_lens
     else:
@@ -169,7 +172,10 @@ def features(cfg, output_dir: Path | None = None) -> dict:
     corpus = cfg.corpus or meta.get("corpus")
     if corpus is None:
         raise SaefwError(f"{run_dir} does not name the corpus its SAE was trained on: pass corpus=<name>")
-    context_size = cfg.context_size or meta.get("context_size") or 128
+    context_size = cfg.context_size or meta.get("context_size")
+    if context_size is None:
+        context_size = 128
+        log.warning("%s does not record its context size: using context_size=128", run_dir)
     if context_size < 2:
         raise SaefwError(f"context_size={context_size} must be at least 2 (BOS + one token)")
     device = resolve_device(cfg.device)
@@ -183,6 +189,7 @@ def features(cfg, output_dir: Path | None = None) -> dict:
                                          or old_meta["settings"].get("logit_lens") == lens_settings)
     old = store.load(run_dir) if reusable else None
     fresh = old is None or old.meta["settings"] != {"scan": settings, "logit_lens": lens_settings}
+    scan_reused = old is not None and old.meta["settings"]["scan"] == settings
     lm = LanguageModel(meta["model"], int(meta["layer"]), meta["site"], device=device)
     data = compute(cfg, run_dir, lm, sae, meta, settings, lens_settings, old)
     if fresh or old.meta["dense_threshold"] != cfg.dense_threshold:
@@ -192,7 +199,7 @@ def features(cfg, output_dir: Path | None = None) -> dict:
     page = write_dashboard(data, run_dir / "dashboard", decode_tokens(lm.tokenizer), run_info,
                            contexts=cfg.dashboard.contexts, samples=cfg.dashboard.quantile_samples,
                            chunk_size=cfg.dashboard.chunk_size)
-    summary = {"store": str(folder), "dashboard": str(page), "reused": not fresh, "d_sae": data.d_sae,
+    summary = {"store": str(folder), "dashboard": str(page), "reused": scan_reused, "d_sae": data.d_sae,
                "n_tokens": data.meta["scan"]["n_tokens"], "dead": len(data.dead), "dense": len(data.dense)}
     print_summary(summary, data)
     return summary

@@ -151,5 +151,8 @@ def test_reuse_and_recompute(scanned, tmp_path):
     again = features(features_cfg(run, n_tokens=N_TOKENS, histogram_sample=4096, top_n=12))
     assert again["reused"] and not first["reused"]
     assert store.load(run).meta["settings"] == data.meta["settings"]
+    lens_only = features(features_cfg(run, n_tokens=N_TOKENS, histogram_sample=4096, top_n=12, logit_lens_k=3))
+    assert lens_only["reused"] and store.load(run).logit_lens["promoted_ids"].shape == (data.d_sae, 3)
+    assert torch.equal(store.load(run).top["context"], data.top["context"])  # the scan itself was kept
     changed = features(features_cfg(run, n_tokens=600, histogram_sample=4096, top_n=12))
     assert not changed["reused"] and changed["n_tokens"] == len(store.load(run).tokens) * 31 < first["n_tokens"]
