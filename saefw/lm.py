@@ -264,6 +264,47 @@ class LanguageModel:
             return self.model(tokens.to(self.device), use_cache=False).logits.float()
 
 
+    @torch.no_grad()
+    def generate(self, tokens: Tensor, max_new_tokens: int, replace: Callable[[Tensor], Tensor] | None = None,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, stop_at_eos: bool = True) -> Tensor:
+        """Continue ``tokens`` [B, T] (BOS at position 0) by up to ``max_new_tokens`` with ``transformers``'
+        ``generate`` (KV cache); returns the new tokens [B, ≤ max_new_tokens].
+
+        ``replace`` edits the hook activation at every position after BOS — prompt and generated tokens alike,
+        as :meth:`logits` does for one forward: the hook counts the positions it has seen, so the cached steps
+        (one new position each) are edited and BOS never is. ``temperature`` 0 is greedy; otherwise tokens are
+        sampled from softmax(logits / temperature) within the top-``top_p`` nucleus, from a generator seeded with
+        ``seed`` (the global RNG state is restored afterwards). The model's own generation defaults (top-k,
+        repetition penalty ...) are not applied."""
+        from transformers import GenerationConfig
+
+        if temperature < 0 or not 0 < top_p <= 1:
+            raise SaefwError(f"temperature={temperature} must be >= 0 and top_p={top_p} in (0, 1]")
+        seen = {"n": 0}
+
+        def splice(x):
+            start, seen["n"] = seen["n"], seen["n"] + x.shape[1]
+            if replace is None:
+                return None
+            new = x.clone()
+            skip = max(0, 1 - start)  # absolute position 0 (BOS) is never edited
+            new[:, skip:] = replace(x[:, skip:]).to(x.dtype)
+            return new
+
+        eos = self.tokenizer.eos_token_id
+        sample = temperature > 0
+        gen = GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=0 if stop_at_eos else max_new_tokens,
+                               do_sample=sample, temperature=temperature if sample else None,
+                               top_p=top_p if sample else None, top_k=0 if sample else None,
+                               eos_token_id=eos, pad_token_id=eos if eos is not None else self.bos_id)
+        tokens = tokens.to(self.device)
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), self._hook(splice):
+            torch.manual_seed(seed)
+            out = self.model.generate(tokens, attention_mask=torch.ones_like(tokens), generation_config=gen)
+        return out[:, tokens.shape[1]:].cpu()
+
+
 def next_token_ce(logits: Tensor, tokens: Tensor) -> Tensor:
     """Per-position CE [B, T−2] of predicting token t+1 from positions 1..T−2 (BOS position excluded)."""
     lp = torch.log_softmax(logits[:, 1:-1], dim=-1)

@@ -32,8 +32,8 @@ def rendered_dom(page: Path, fragment: str = "") -> str:
     return _chromium(page, "--dump-dom", fragment=fragment).stdout
 
 
-def screenshot(page: Path, png: Path, width: int = 1280, height: int = 900) -> Path:
-    """A PNG of the rendered page."""
-    _chromium(page, f"--screenshot={Path(png).resolve()}", f"--window-size={width},{height}")
+def screenshot(page: Path, png: Path, width: int = 1280, height: int = 900, fragment: str = "") -> Path:
+    """A PNG of the rendered page (``fragment`` as in :func:`rendered_dom`)."""
+    _chromium(page, f"--screenshot={Path(png).resolve()}", f"--window-size={width},{height}", fragment=fragment)
     assert Path(png).is_file(), f"chromium wrote no screenshot of {page}"
     return Path(png)

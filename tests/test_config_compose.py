@@ -136,3 +136,24 @@ def test_evaluate_config_composes_with_every_source_and_evaluator(composer):
     assert compose(config_name="evaluate", overrides=["layer=25", "model=gpt2"]).layer == 25
     with pytest.raises(ConfigCompositionException):
         compose(config_name="evaluate", overrides=["layer=abc"])
+
+
+@pytest.mark.parametrize("name", ["features", "steer"])
+def test_command_configs_compose_typed(name):
+    import importlib
+
+    importlib.import_module(f"saefw.{name}").store_schema()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        extra = ["feature=[3,7]", "scale=[4,-2]", "prompt=hi"] if name == "steer" else ["n_tokens=500"]
+        cfg = compose(config_name=name, overrides=["run=/some/run", *extra])
+        assert cfg.run == "/some/run"
+        if name == "steer":
+            assert list(cfg.feature) == [3, 7] and cfg.mode == "add" and cfg.max_new_tokens == 40
+        else:
+            assert cfg.n_tokens == 500 and cfg.split == "heldout" and cfg.dashboard.contexts == 10
+        with pytest.raises(ConfigCompositionException):
+            compose(config_name=name, overrides=["run=x", "no_such_option=1"])
+        with pytest.raises(ConfigCompositionException):
+            compose(config_name=name, overrides=["run=x", "max_new_tokens=abc" if name == "steer" else "n_tokens=abc"])
+    GlobalHydra.instance().clear()
