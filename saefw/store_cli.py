@@ -55,35 +55,43 @@ def _print_rows(rows: list[dict], root: Path) -> None:
               f"{r['dtype']} · {r['tokens']:,} tokens{' (whole split)' if r['complete'] else ''} · {r['size']}")
 
 
-def harvest(cfg) -> None:
-    """Fill the stores of every (layer, site) in ``cfg.layers`` × ``cfg.sites``, one model pass for all."""
-    from omegaconf import OmegaConf
-
+def harvest_points(source_cfg: dict, points: list[tuple[int, str]], train_tokens: int) -> list:
+    """Fill the train and held-out stores of every (layer, site) in ``points`` — one model pass for all of them
+    per split — with the options of the HF source config ``source_cfg``. Returns the two harvest reports."""
     from saefw.harvest import fill_stores
     from saefw.registry import build, discover
     from saefw.sources.base import RunSpec
 
     discover()
-    layers = list(cfg.layers) if cfg.layers else [cfg.layer]
-    sites = list(cfg.sites) if cfg.sites else [cfg.site]
-    src_cfg = OmegaConf.to_container(cfg.source, resolve=True)
-    src_cfg.update(layer=max(layers), site=sites[0])
-    source = build("source", src_cfg, spec=RunSpec(seed=0, train_tokens=cfg.total_tokens))
+    deepest = max(points)
+    source = build("source", {**source_cfg, "layer": deepest[0], "site": deepest[1]},
+                   spec=RunSpec(seed=0, train_tokens=train_tokens))
     if not hasattr(source, "stores"):
-        raise SaefwError(f"source={cfg.source.name} has no activation store")
+        raise SaefwError(f"source={source_cfg.get('name')} has no activation store")
     source.prepare_keys()
-    points = [(layer, site) for layer in layers for site in sites]
     c = source.cfg
-    for split, heldout, n in (("train", False, cfg.total_tokens),
+    reports = []
+    for split, heldout, n in (("train", False, train_tokens),
                               ("heldout", True, c.eval_contexts * (c.context_size - 1))):
-        report = fill_stores(source.lm, source.stores(split, points), source.documents(heldout), n,
-                             c.shard_contexts, c.forward_batch_size, desc=f"harvesting {split} split")
-        print(f"{split}: {report.tokens:,} tokens harvested at {len(points)} hook point(s) in {report.seconds:.0f} s"
-              + (f", {report.repaired} corrupt shard(s) repaired" if report.repaired else ""))
+        reports.append(fill_stores(source.lm, source.stores(split, points), source.documents(heldout), n,
+                                   c.shard_contexts, c.forward_batch_size, desc=f"harvesting {split} split"))
+    return reports
+
+
+def harvest(cfg) -> None:
+    """``python -m saefw.store harvest``: every (layer, site) in ``cfg.layers`` × ``cfg.sites``."""
+    from omegaconf import OmegaConf
+
     from saefw.store import default_root
 
-    _print_rows([r for r in list_stores(Path(c.store_dir).expanduser() if c.store_dir else default_root())
-                 if r.get("model") == c.model], Path(c.store_dir or default_root()))
+    points = [(layer, site) for layer in (list(cfg.layers) if cfg.layers else [cfg.layer])
+              for site in (list(cfg.sites) if cfg.sites else [cfg.site])]
+    src_cfg = OmegaConf.to_container(cfg.source, resolve=True)
+    for split, report in zip(("train", "heldout"), harvest_points(src_cfg, points, cfg.total_tokens)):
+        print(f"{split}: {report.tokens:,} tokens harvested at {len(points)} hook point(s) in {report.seconds:.0f} s"
+              + (f", {report.repaired} corrupt shard(s) repaired" if report.repaired else ""))
+    root = Path(cfg.source.store_dir).expanduser() if cfg.source.store_dir else default_root()
+    _print_rows([r for r in list_stores(root) if r.get("model") == cfg.model], root)
 
 
 def main(argv: list[str] | None = None) -> None:

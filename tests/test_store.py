@@ -193,3 +193,22 @@ def test_two_concurrent_jobs_harvest_exactly_once_and_read_identical_activations
     assert sorted(o["forwards"] for o in outs) == [0, one_harvest]
     assert sorted(o["status"] for o in outs) == ["hit", "miss"]
     assert outs[0]["sum"] == outs[1]["sum"] and outs[0]["first"] == outs[1]["first"]
+
+
+def test_a_sweep_over_layers_and_sites_harvests_once_before_its_jobs(tiny_model, tmp_path):
+    """The prefetch callback fills every store of the sweep in one pass; no job harvests ("hit")."""
+    from conftest import run_cli
+
+    sweep = tmp_path / "sweep"
+    r = run_cli("-m", f"model={tiny_model}", "layer=0,2", "site=resid_post,mlp_out", "total_tokens=1024",
+                "train.batch_size=256", "source.context_size=16", "source.eval_contexts=4", "expansion_factor=2",
+                f"source.store_dir={tmp_path / 'stores'}", "evaluators=[l0]", "wandb.mode=disabled",
+                "trainer.enable_progress_bar=false", "hydra.callbacks.compare.enabled=false",
+                f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    records = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+    assert len(records) == 4
+    assert {(m["layer"], m["site"]) for m in records} == {(0, "resid_post"), (0, "mlp_out"), (2, "resid_post"),
+                                                           (2, "mlp_out")}
+    assert all(m["activation_store"] == "hit" and m["harvest_seconds"] == 0 for m in records)
+    assert len([p for p in (tmp_path / "stores").glob("*_train_*") if p.is_dir()]) == 4
