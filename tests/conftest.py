@@ -36,7 +36,7 @@ def _word_tokenizer(path: Path):
     return fast
 
 
-def _build(kind: str, path: Path, n_layers: int = 4) -> Path:
+def _build(kind: str, path: Path, n_layers: int = 4, hidden: int = 32) -> Path:
     from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -48,8 +48,8 @@ def _build(kind: str, path: Path, n_layers: int = 4) -> Path:
         model = GPTNeoXForCausalLM(GPTNeoXConfig(num_hidden_layers=n_layers, hidden_size=32, num_attention_heads=4,
                                                  intermediate_size=64, max_position_embeddings=128, **ids))
     else:
-        model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=n_layers, hidden_size=32, num_attention_heads=4,
-                                             num_key_value_heads=2, intermediate_size=64,
+        model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=n_layers, hidden_size=hidden, num_attention_heads=4,
+                                             num_key_value_heads=2, intermediate_size=2 * hidden,
                                              max_position_embeddings=128, **ids))
     model.save_pretrained(path)
     return path

@@ -1,6 +1,7 @@
 """The activation store: keys, shards, checksums, repair, resume, concurrent jobs, memory flat in the budget."""
 import json
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -212,3 +213,34 @@ def test_a_sweep_over_layers_and_sites_harvests_once_before_its_jobs(tiny_model,
                                                            (2, "mlp_out")}
     assert all(m["activation_store"] == "hit" and m["harvest_seconds"] == 0 for m in records)
     assert len([p for p in (tmp_path / "stores").glob("*_train_*") if p.is_dir()]) == 4
+
+
+_PEAK = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+         "sys.stderr.write(r.stderr[-3000:]); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+         "sys.exit(r.returncode)")
+
+
+def test_memory_stays_flat_as_the_budget_grows(tmp_path):
+    """Peak RSS training from a store 10× the shuffle buffer is within 1.2× of training from 1× (d = 512, so the
+    buffer is 32 MB and holding the whole 10× store would add ~300 MB)."""
+    from conftest import REPO, _build
+
+    model = _build("llama", tmp_path / "wide", n_layers=1, hidden=512)
+    buffer = 16384
+    common = [f"model={model}", "layer=0", "source.context_size=64", f"source.buffer_tokens={buffer}",
+              f"source.store_dir={tmp_path / 'stores'}", "source.eval_contexts=4"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    h = subprocess.run([sys.executable, "-m", "saefw.store", "harvest", *common, f"total_tokens={10 * buffer}"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert h.returncode == 0, h.stderr[-2000:]
+    peaks = []
+    for budget in (buffer, 10 * buffer):
+        r = subprocess.run([sys.executable, "-c", _PEAK, sys.executable, "-m", "saefw", *common,
+                            f"total_tokens={budget}", "expansion_factor=2", "evaluators=[l0]", "wandb.mode=disabled",
+                            "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / str(budget)}"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stderr[-2000:]
+        record = json.loads((tmp_path / str(budget) / "metrics.json").read_text())
+        assert record["activation_store"] == "hit" and record["tokens"] == budget // 1024 * 1024
+        peaks.append(int(r.stdout.strip().splitlines()[-1]))
+    assert peaks[1] <= 1.2 * peaks[0], peaks
