@@ -157,3 +157,13 @@ def test_command_configs_compose_typed(name):
         with pytest.raises(ConfigCompositionException):
             compose(config_name=name, overrides=["run=x", "max_new_tokens=abc" if name == "steer" else "n_tokens=abc"])
     GlobalHydra.instance().clear()
+
+
+def test_tradeoff_preset_sweeps_every_builtin_arch_over_one_sparsity_knob(composer):
+    cfg = compose("config", overrides=["+experiment=tradeoff"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert params.arch.split(",") == ["l1", "gated", "topk", "jumprelu", "batchtopk"]
+    assert [int(v) for v in params.target_l0.split(",")] == [16, 32, 64, 128]
+    for arch in params.arch.split(","):  # the one knob reaches every arch: k, or the controller's target
+        c = composer("+experiment=tradeoff", f"arch={arch}", "target_l0=16")
+        assert c.target_l0 == 16 and c.arch.get("k", 16) == 16
