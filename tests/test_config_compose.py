@@ -139,24 +139,21 @@ def test_evaluate_config_composes_with_every_source_and_evaluator(composer):
 
 
 @pytest.mark.parametrize("name", ["features", "steer"])
-def test_command_configs_compose_typed(name):
+def test_command_configs_compose_typed(composer, name):
     import importlib
 
     importlib.import_module(f"saefw.{name}").store_schema()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        extra = ["feature=[3,7]", "scale=[4,-2]", "prompt=hi"] if name == "steer" else ["n_tokens=500"]
-        cfg = compose(config_name=name, overrides=["run=/some/run", *extra])
-        assert cfg.run == "/some/run"
-        if name == "steer":
-            assert list(cfg.feature) == [3, 7] and cfg.mode == "add" and cfg.max_new_tokens == 40
-        else:
-            assert cfg.n_tokens == 500 and cfg.split == "heldout" and cfg.dashboard.contexts == 10
-        with pytest.raises(ConfigCompositionException):
-            compose(config_name=name, overrides=["run=x", "no_such_option=1"])
-        with pytest.raises(ConfigCompositionException):
-            compose(config_name=name, overrides=["run=x", "max_new_tokens=abc" if name == "steer" else "n_tokens=abc"])
-    GlobalHydra.instance().clear()
+    extra = ["feature=[3,7]", "scale=[4,-2]", "prompt=hi"] if name == "steer" else ["n_tokens=500"]
+    cfg = compose(config_name=name, overrides=["run=/some/run", *extra])
+    assert cfg.run == "/some/run"
+    if name == "steer":
+        assert list(cfg.feature) == [3, 7] and cfg.mode == "add" and cfg.max_new_tokens == 40
+    else:
+        assert cfg.n_tokens == 500 and cfg.split == "heldout" and cfg.dashboard.contexts == 10
+    with pytest.raises(ConfigCompositionException):
+        compose(config_name=name, overrides=["run=x", "no_such_option=1"])
+    with pytest.raises(ConfigCompositionException):
+        compose(config_name=name, overrides=["run=x", "max_new_tokens=abc" if name == "steer" else "n_tokens=abc"])
 
 
 def test_tradeoff_preset_sweeps_every_builtin_arch_over_one_sparsity_knob(composer):
