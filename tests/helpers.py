@@ -1,6 +1,7 @@
 """Test helpers shared by several test modules (not fixtures: import them directly; fixtures stay in conftest)."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -17,10 +18,12 @@ TINY = ["layer=1", "total_tokens=3000", "train.batch_size=256", "train.eval_ever
         "source.context_size=32", "source.eval_contexts=6", "source.buffer_tokens=4096", "expansion_factor=4"]
 
 
-def run_module(module: str, *args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``python -m <module> args...`` in a subprocess, as a user runs it (offline W&B, this checkout first)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-           "HF_HUB_OFFLINE": "1"}
+def run_cli(*args: str, cwd: Path, timeout: int = 600, extra_path: Path | None = None,
+            module: str = "saefw") -> subprocess.CompletedProcess:
+    """The real CLI (``python -m <module>``) in a subprocess, as a user runs it; ``extra_path`` plays an
+    installed site dir."""
+    path = os.pathsep.join(str(p) for p in (extra_path, REPO) if p)
+    env = {**os.environ, "PYTHONPATH": path, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -70,3 +73,52 @@ def assert_same_function(ours, theirs, x: torch.Tensor, atol: float = 1e-5) -> t
         torch.testing.assert_close(f_ours, f_theirs, atol=atol, rtol=1e-5)
         torch.testing.assert_close(ours.decode(f_ours), theirs.decode(f_theirs), atol=atol, rtol=1e-5)
     return f_ours
+
+
+def _word_tokenizer(path: Path):
+    """A word-level tokenizer trained on the embedded corpus in well under a second (no hub needed)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from saefw.corpus import Corpus
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(itertools.islice(Corpus("factbook").documents(), 400), trainers.WordLevelTrainer(
+        vocab_size=1500, special_tokens=["<|endoftext|>", "<bos>", "<unk>"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<|endoftext|>",
+                                   unk_token="<unk>")
+    fast.save_pretrained(path)
+    return fast
+
+
+def build_tiny_model(kind: str, path: Path, n_layers: int = 4, hidden: int = 32) -> Path:
+    """A random GPT-2 / GPT-NeoX / Llama (``kind``) with the word tokenizer, saved with ``save_pretrained``."""
+    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tok = _word_tokenizer(path)
+    ids = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    if kind == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(n_layer=n_layers, n_embd=32, n_head=4, n_positions=128, **ids))
+    elif kind == "neox":
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(num_hidden_layers=n_layers, hidden_size=32, num_attention_heads=4,
+                                                 intermediate_size=64, max_position_embeddings=128, **ids))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=n_layers, hidden_size=hidden, num_attention_heads=4,
+                                             num_key_value_heads=2, intermediate_size=2 * hidden,
+                                             max_position_embeddings=128, **ids))
+    model.save_pretrained(path)
+    return path
+
+
+def set_params(module, **tensors) -> None:
+    """Overwrite named parameters/buffers of ``module`` in place (hand-built test SAEs)."""
+    with torch.no_grad():
+        for name, value in tensors.items():
+            getattr(module, name).copy_(torch.as_tensor(value, dtype=getattr(module, name).dtype))
+
+
+def zero_penalty(s):
+    """A stand-in for the "none" penalty, so arch tests do not depend on the penalty plugins."""
+    return s.acts.sum() * 0.0

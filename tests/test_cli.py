@@ -3,7 +3,7 @@ import json
 import textwrap
 
 
-from conftest import run_cli
+from helpers import run_cli
 
 TINY = ["layer=1", "total_tokens=6000", "train.batch_size=256", "train.eval_every_steps=10",
         "source.context_size=32", "source.eval_contexts=6", "expansion_factor=4"]

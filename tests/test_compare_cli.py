@@ -3,7 +3,7 @@
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from helpers import make_job, read_csv, run_module
+from helpers import make_job, read_csv, run_cli
 from saefw.compare import default_out_dir, hydra_quote, paths_to_override
 from saefw.errors import SaefwError
 
@@ -46,7 +46,7 @@ def test_cli_with_odd_paths_and_overrides(tmp_path):
     make_job(sweep, "1_l1", {**BASE, "arch": "l1", "l0": 10.0, "ce_loss_recovered": 0.6}, ["penalty.coefficient=9"], 1)
     run = make_job(tmp_path / "runs", "r_topk", {**BASE, "arch": "topk", "l0": 16.0, "ce_loss_recovered": 0.85})
     out = tmp_path / "cmp"
-    r = run_module("saefw.compare", str(sweep), str(run), f"out={out}", "wandb.mode=disabled", cwd=tmp_path)
+    r = run_cli(str(sweep), str(run), f"out={out}", "wandb.mode=disabled", cwd=tmp_path, module="saefw.compare")
     assert r.returncode == 0, r.stderr[-3000:]
     rows = read_csv(out / "tradeoff.csv")
     assert [(x["job"], x["status"], x["frontier"]) for x in rows] == [
@@ -58,14 +58,14 @@ def test_cli_with_odd_paths_and_overrides(tmp_path):
     assert not (out / ".hydra").exists() and not (out / "wandb").exists()
 
     # one sweep dir and no out=: the outputs go into the sweep dir, and no stray folder is made
-    r = run_module("saefw.compare", str(sweep), "wandb.mode=disabled", cwd=tmp_path)
+    r = run_cli(str(sweep), "wandb.mode=disabled", cwd=tmp_path, module="saefw.compare")
     assert r.returncode == 0, r.stderr[-3000:]
     assert (sweep / "tradeoff.csv").is_file() and not (tmp_path / "outputs").exists()
 
 
 def test_cli_errors_are_one_line(tmp_path):
-    r = run_module("saefw.compare", str(tmp_path / "missing"), "wandb.mode=disabled", cwd=tmp_path)
+    r = run_cli(str(tmp_path / "missing"), "wandb.mode=disabled", cwd=tmp_path, module="saefw.compare")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert f"error: {tmp_path / 'missing'} is not a directory" in r.stderr
-    r = run_module("saefw.compare", cwd=tmp_path)
+    r = run_cli(cwd=tmp_path, module="saefw.compare")
     assert r.returncode == 2 and "error: no directories to compare" in r.stderr

@@ -6,7 +6,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import run_cli
+from helpers import run_cli
 from saefw.cli import conf_dir
 from saefw.errors import SaefwError
 from saefw.evaluate import evaluate, store_schema

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import REPO, run_cli, set_params
+from helpers import REPO, run_cli, set_params
 from saefw.errors import SaefwError
 from saefw.registry import build, discover, entry
 

@@ -11,7 +11,7 @@ from sae_lens.saes import (BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig, Gat
                            StandardTrainingSAEConfig, TopKSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig)
 from sae_lens.saes.sae import SAEMetadata
 
-from conftest import set_params
+from helpers import set_params
 from helpers import assert_same_function, tiny_activations
 from saefw.errors import SaefwError
 from saefw.io import load_sae, save_sae

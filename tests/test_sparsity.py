@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import run_cli
+from helpers import run_cli
 from saefw.sparsity import SparsityConfig, SparsityController
 
 

@@ -15,7 +15,7 @@ from saefw.registry import build, discover
 from saefw.sources.base import RunSpec
 from saefw.store import ActivationStore, CorruptShardError, StoreKey
 
-from conftest import REPO
+from helpers import REPO
 
 
 def _key(**over):
@@ -198,7 +198,7 @@ def test_two_concurrent_jobs_harvest_exactly_once_and_read_identical_activations
 
 def test_a_sweep_over_layers_and_sites_harvests_once_before_its_jobs(tiny_model, tmp_path):
     """The prefetch callback fills every store of the sweep in one pass; no job harvests ("hit")."""
-    from conftest import run_cli
+    from helpers import run_cli
 
     sweep = tmp_path / "sweep"
     r = run_cli("-m", f"model={tiny_model}", "layer=0,2", "site=resid_post,mlp_out", "total_tokens=1024",
@@ -223,9 +223,9 @@ _PEAK = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], cap
 def test_memory_stays_flat_as_the_budget_grows(tmp_path):
     """Peak RSS training from a store 10× the shuffle buffer is within 1.2× of training from 1× (d = 512, so the
     buffer is 32 MB and holding the whole 10× store would add ~300 MB)."""
-    from conftest import REPO, _build
+    from helpers import REPO, build_tiny_model
 
-    model = _build("llama", tmp_path / "wide", n_layers=1, hidden=512)
+    model = build_tiny_model("llama", tmp_path / "wide", n_layers=1, hidden=512)
     buffer = 16384
     common = [f"model={model}", "layer=0", "source.context_size=64", f"source.buffer_tokens={buffer}",
               f"source.store_dir={tmp_path / 'stores'}", "source.eval_contexts=4"]

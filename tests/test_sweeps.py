@@ -8,8 +8,7 @@ import pytest
 import yaml
 
 from browser import needs_chromium, rendered_dom
-from conftest import run_cli
-from helpers import TINY, read_csv, run_module
+from helpers import TINY, read_csv, run_cli
 
 
 def _pareto_by_hand(rows):
@@ -61,7 +60,7 @@ def test_compare_command_on_the_grid(grid_sweep, tmp_path):
 
     sweep, _ = grid_sweep
     out = tmp_path / "cmp"
-    r = run_module("saefw.compare", str(sweep), f"out={out}", cwd=tmp_path)
+    r = run_cli(str(sweep), f"out={out}", cwd=tmp_path, module="saefw.compare")
     assert r.returncode == 0, r.stderr[-3000:]
     rows = read_csv(out / "tradeoff.csv")
     assert len(rows) == 4 and [x["arch"] for x in rows] == ["l1", "l1", "topk", "topk"]

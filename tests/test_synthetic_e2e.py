@@ -4,7 +4,7 @@ import json
 import pytest
 from hydra import compose, initialize_config_dir
 
-from conftest import REPO, run_cli
+from helpers import REPO, run_cli
 from saefw.config import store_schema
 from saefw.registry import discover, names
 

@@ -2,13 +2,12 @@
 commands run as subprocesses, and brute-force references."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+
+from helpers import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 # a small TopK SAE (d_in 32, d_sae 128) on the tiny Llama of conftest, layer 1, contexts of 32 tokens
@@ -16,19 +15,11 @@ TRAIN_ARGS = ["layer=1", "total_tokens=6000", "train.batch_size=256", "source.co
               "source.eval_contexts=6", "expansion_factor=4", "arch=topk", "arch.k=8", "wandb.mode=disabled"]
 
 
-def run_module(module: str, *args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``python -m <module> args`` in a subprocess, as a user runs it."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-           "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
 def trained_run(tmp_path_factory, model: Path) -> Path:
     """The session's tiny trained run (trained on first use through ``python -m saefw``)."""
     out = tmp_path_factory.getbasetemp() / "tiny_topk_run"
     if not (out / "metrics.json").is_file():
-        r = run_module("saefw", f"model={model}", *TRAIN_ARGS, f"hydra.run.dir={out}", cwd=out.parent)
+        r = run_cli(f"model={model}", *TRAIN_ARGS, f"hydra.run.dir={out}", cwd=out.parent)
         assert r.returncode == 0, r.stderr[-3000:]
     return out
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from browser import needs_chromium, rendered_dom
-from feature_helpers import copy_sae, parse_html, run_module, trained_run
+from feature_helpers import copy_sae, parse_html, trained_run
+from helpers import run_cli
 from saefw.analysis import feature_store as store
 from saefw.analysis.dashboard import add_extension
 from saefw.errors import SaefwError
@@ -22,7 +23,7 @@ def alpha(span) -> float | None:
 @pytest.fixture(scope="module")
 def dash(tmp_path_factory, tiny_model):
     run = copy_sae(trained_run(tmp_path_factory, tiny_model), tmp_path_factory.mktemp("dash") / "run")
-    r = run_module("saefw.features", f"run={run}", "n_tokens=1000", "dashboard.chunk_size=32", cwd=run.parent)
+    r = run_cli(f"run={run}", "n_tokens=1000", "dashboard.chunk_size=32", cwd=run.parent, module="saefw.features")
     assert r.returncode == 0, r.stderr[-3000:]
     from transformers import AutoTokenizer
 
@@ -124,7 +125,7 @@ def test_extensions_add_panels_and_columns_and_survive_a_rerun(dash, tiny_model)
     assert "Explanation" in table.find("thead").text()
     assert [tr.attrs["data-feature"] for tr in table.find("tbody").find_all("tr")] == ["7"]
     # a rerun of the command (the store is reused) rewrites the dashboard and keeps the extension
-    r = run_module("saefw.features", f"run={run}", "n_tokens=1000", "dashboard.chunk_size=32", cwd=run.parent)
+    r = run_cli(f"run={run}", "n_tokens=1000", "dashboard.chunk_size=32", cwd=run.parent, module="saefw.features")
     assert r.returncode == 0 and "stored scan reused" in r.stdout
     assert '<script src="ext/relations.js">' in (dash_dir / "index.html").read_text()
     with pytest.raises(SaefwError, match="extension name"):

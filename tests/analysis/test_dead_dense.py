@@ -2,7 +2,7 @@
 import torch
 
 from browser import CHROMIUM, rendered_dom
-from conftest import set_params
+from helpers import set_params
 from feature_helpers import all_activations, features_cfg, parse_html
 from saefw.analysis import feature_store as store
 from saefw.analysis.stats import dead_and_dense

@@ -1,7 +1,7 @@
 """``python -m saefw.features``: bad input is one clear error line."""
 import pytest
 
-from feature_helpers import run_module
+from helpers import run_cli
 
 
 @pytest.mark.parametrize("args, message", [
@@ -11,7 +11,7 @@ from feature_helpers import run_module
     (["run=."], None),  # a folder with no SAE: the loader's own message
 ])
 def test_bad_input_is_one_error_line(tmp_path, args, message):
-    r = run_module("saefw.features", *args, cwd=tmp_path)
+    r = run_cli(*args, cwd=tmp_path, module="saefw.features")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and (message is None and "SAE" in errors[0] or errors[0] == message), errors

@@ -1,7 +1,8 @@
 """``python -m saefw.steer`` through the real CLI on the tiny trained SAE."""
 import pytest
 
-from feature_helpers import run_module, trained_run
+from feature_helpers import trained_run
+from helpers import run_cli
 from saefw.steer import quote_prompt, side_by_side
 
 
@@ -18,8 +19,8 @@ def _columns(stdout: str) -> tuple[str, str]:
 
 
 def test_steer_prints_both_continuations_side_by_side(run, tmp_path):
-    r = run_module("saefw.steer", f"run={run}", "feature=[3,7]", "scale=[40,-20]", "prompt=The capital, Paris, is",
-                   "max_new_tokens=12", cwd=tmp_path)
+    r = run_cli(f"run={run}", "feature=[3,7]", "scale=[40,-20]", "prompt=The capital, Paris, is",
+                   "max_new_tokens=12", cwd=tmp_path, module="saefw.steer")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "prompt:   The capital, Paris, is" in r.stdout  # commas kept: the prompt is quoted for Hydra
     assert "add +40 × d_3, -20 × d_7 at blocks.1.hook_resid_post" in r.stdout
@@ -31,8 +32,8 @@ def test_steer_prints_both_continuations_side_by_side(run, tmp_path):
 def test_sampling_is_deterministic_with_a_seed_and_clamp_mode_runs(run, tmp_path):
     args = [f"run={run}", "feature=11", "mode=clamp", "value=30", "prompt=The population of", "max_new_tokens=10",
             "temperature=1.0", "top_p=0.9"]
-    a = run_module("saefw.steer", *args, "seed=1", cwd=tmp_path)
-    b = run_module("saefw.steer", *args, "seed=1", cwd=tmp_path)
+    a = run_cli(*args, "seed=1", cwd=tmp_path, module="saefw.steer")
+    b = run_cli(*args, "seed=1", cwd=tmp_path, module="saefw.steer")
     assert a.returncode == 0, a.stderr[-3000:]
     assert "clamp f_11 := 30 (SAE error term kept)" in a.stdout and "sampled (temperature 1.0" in a.stdout
     assert _columns(a.stdout) == _columns(b.stdout)
@@ -45,7 +46,7 @@ def test_sampling_is_deterministic_with_a_seed_and_clamp_mode_runs(run, tmp_path
     (["feature=[3,4]", "scale=[1,2,3]"], "error: scale has 3 values for 2 features: give one per feature"),
 ])
 def test_bad_requests_are_one_line_errors(run, tmp_path, args, message):
-    r = run_module("saefw.steer", f"run={run}", "prompt=Hello", *args, cwd=tmp_path)
+    r = run_cli(f"run={run}", "prompt=Hello", *args, cwd=tmp_path, module="saefw.steer")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert message in r.stderr.splitlines()
 

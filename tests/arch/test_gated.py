@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from saefw.arch.gated import GatedConfig, GatedSAE
-from conftest import set_params, zero_penalty
+from helpers import set_params, zero_penalty
 from saefw.io import load_sae, save_sae
 
 

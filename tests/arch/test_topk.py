@@ -7,7 +7,7 @@ import torch
 
 from saefw.arch.topk import TopKConfig, TopKSAE
 from saefw.errors import SaefwError
-from conftest import set_params, zero_penalty
+from helpers import set_params, zero_penalty
 from saefw.io import load_sae, save_sae
 
 ALPHA = 1 / 32
