@@ -44,9 +44,10 @@ class RunConfig:
     site: str = "resid_post"
     seed: int = 0
     total_tokens: int = 300_000
-    # the sparsity target for every arch: penalised archs adapt λ towards it (see saefw/sparsity.py), the top-k
-    # archs use it as k. null: penalised archs keep λ = penalty.coefficient fixed (top-k archs then need arch.k).
-    target_l0: int | None = 32
+    # the sparsity target, one knob for every arch: the penalised archs adapt λ towards it (saefw/sparsity.py), the
+    # top-k archs use it as k. null: each arch's own default (its class's default_target_l0, chosen from
+    # measurements and documented there). sparsity.adapt=false trains at a fixed λ = penalty.coefficient instead.
+    target_l0: int | None = None
     expansion_factor: int = 8
     d_sae: int | None = None  # overrides expansion_factor
     threads: int | None = None  # torch CPU threads; 1 is faster when other jobs share a small machine

@@ -11,6 +11,7 @@ from saefw.cli import on_command_line
 from saefw.errors import SaefwError
 from saefw.evals.base import run_evaluators, usable
 from saefw.io import save_sae
+from saefw.penalties.base import PenaltyConfig
 from saefw.plan import RunPlan
 from saefw.registry import FAMILIES, build, discover, entry
 from saefw.report import Reporter, print_summary
@@ -52,12 +53,20 @@ def build_evaluators(cfg: DictConfig, source) -> list:
     return evaluators
 
 
+def sparsity_target(cfg: DictConfig) -> int:
+    """The run's L0 target: ``target_l0``, or the arch's own ``default_target_l0`` when it is null."""
+    return cfg.target_l0 if cfg.target_l0 is not None else entry("arch", cfg.arch.name).cls.default_target_l0
+
+
 def build_sae(cfg: DictConfig, d_in: int, penalty):
-    """The arch, with the unit-norm decoder decided here, once: forced on when the penalty ignores decoder
-    norms (``penalty=l1``) and could otherwise be gamed by shrinking f against W_dec."""
+    """The arch, with two things decided here, once: the unit-norm decoder (forced on when the penalty ignores
+    decoder norms, ``penalty=l1``, and could otherwise be gamed by shrinking f against W_dec) and, for the top-k
+    archs, k = the run's target L0 unless ``arch.k`` is set."""
     arch_cfg = OmegaConf.to_container(cfg.arch, resolve=True)
     if penalty.requires_unit_norm_decoder and "unit_norm_decoder" in arch_cfg:
         arch_cfg["unit_norm_decoder"] = True
+    if arch_cfg.get("k", 0) is None:
+        arch_cfg["k"] = sparsity_target(cfg)
     return build("arch", arch_cfg, d_in=d_in, d_sae=cfg.d_sae or cfg.expansion_factor * d_in)
 
 
@@ -91,15 +100,18 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     sae.initialize_from_data(head)
 
     # training
-    controller = SparsityController(cfg.sparsity, getattr(penalty.cfg, "coefficient", 0.0), cfg.target_l0,
-                                    plan.steps, active=hasattr(penalty.cfg, "coefficient"))
+    penalised = isinstance(penalty.cfg, PenaltyConfig)  # the top-k archs' "none" penalty has no λ
+    target = sparsity_target(cfg) if (penalised and cfg.sparsity.adapt) or hasattr(sae, "k") else None
+    controller = SparsityController(cfg.sparsity, penalty.cfg.coefficient if penalised else 0.0,
+                                    target if penalised else None, plan.steps, active=penalised)
     module = SAEModule(sae, penalty, controller, cfg.train, plan.steps)
     provenance = {**source.describe(), "source": cfg.source.name, "penalty": cfg.penalty.name,
                   "penalty_config": OmegaConf.to_container(cfg.penalty, resolve=True), "seed": cfg.seed}
     lm_keys = {k: cfg[k] if entry("source", cfg.source.name).cls.needs_model else None for k in LM_KEYS}
     reporter = Reporter(cfg, run_dir, {
         "arch": cfg.arch.name, "penalty": cfg.penalty.name, "source": cfg.source.name, **lm_keys,
-        "d_in": source.d_in, "d_sae": sae.d_sae, "seed": cfg.seed, "target_l0": cfg.target_l0})
+        "d_in": source.d_in, "d_sae": sae.d_sae, "seed": cfg.seed,
+        "target_l0": target})
     trainer = _trainer(cfg, plan, run_dir, source, evaluators, reporter)
     data_record = {"activation_store": source.store_status}
     try:

@@ -41,6 +41,7 @@ class SparsityConfig:
     kill latents) before it recovers. Over the last ``freeze_fraction`` λ is held, so the SAE converges under one
     fixed objective."""
 
+    adapt: bool = True  # false: λ = penalty.coefficient throughout (after the warmup ramp), no target
     adapt_rate: float = 0.02
     ema: float = 0.2  # weight of the newest batch's L0 in the running estimate the controller reads
     anneal_fraction: float = 0.5

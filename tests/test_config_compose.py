@@ -13,7 +13,7 @@ from saefw.cli import conf_dir, normalise_overrides
 from saefw.config import store_schema
 from saefw.errors import SaefwError
 from saefw.registry import FAMILIES, build, discover, entry, names
-from saefw.run import check_combination
+from saefw.run import build_sae, check_combination
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +42,8 @@ def test_every_arch_with_each_allowed_penalty_composes_and_builds(composer):
         for pen in cls.allowed_penalties:
             cfg = composer(f"arch={arch}", f"penalty={pen}")
             check_combination(arch, pen)
-            sae = build("arch", cfg.arch, d_in=8, d_sae=64)
+            sae = build_sae(cfg, 8, build("penalty", cfg.penalty))  # as the run builds it (k from target_l0)
             assert sae.encode(torch.zeros(2, 8)).shape == (2, 64)
-            build("penalty", cfg.penalty)
 
 
 def test_every_source_and_evaluator_composes(composer):
@@ -161,6 +160,11 @@ def test_tradeoff_preset_sweeps_every_builtin_arch_over_one_sparsity_knob(compos
     params = cfg.hydra.sweeper.params
     assert params.arch.split(",") == ["l1", "gated", "topk", "jumprelu", "batchtopk"]
     assert [int(v) for v in params.target_l0.split(",")] == [16, 32, 64, 128]
+    from saefw.penalties.none import NonePenalty
+    from saefw.run import sparsity_target
+
     for arch in params.arch.split(","):  # the one knob reaches every arch: k, or the controller's target
         c = composer("+experiment=tradeoff", f"arch={arch}", "target_l0=16")
-        assert c.target_l0 == 16 and c.arch.get("k", 16) == 16
+        assert sparsity_target(c) == 16
+        assert getattr(build_sae(c, 8, NonePenalty(None)), "k", 16) == 16
+    assert sparsity_target(composer("arch=l1")) == entry("arch", "l1").cls.default_target_l0

@@ -12,7 +12,7 @@ from saefw.registry import discover, names
 def test_cli_l1_recovers_synthetic_features(tmp_path):
     out = tmp_path / "run"
     # fixed λ = 2 for 200k tokens (~200 steps, a few seconds of training): mmcs 0.99
-    r = run_cli("+experiment=synthetic", "arch=l1", "target_l0=null", "penalty.coefficient=2", "total_tokens=200000",
+    r = run_cli("+experiment=synthetic", "arch=l1", "sparsity.adapt=false", "penalty.coefficient=2", "total_tokens=200000",
                 "wandb.mode=disabled", "trainer.enable_progress_bar=false", f"hydra.run.dir={out}",
                 cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -59,6 +59,8 @@ class SAE(nn.Module):
     changes encode/decode must not claim its parent's SAELens equivalent."""
 
     plugin_name = "?"
+    # the L0 this arch aims at when the run sets no target_l0 (its k, for the top-k archs); see each arch
+    default_target_l0 = 32
     default_penalty = "l1_decoder_norm"
     allowed_penalties: tuple[str, ...] = ("l1", "l1_decoder_norm", "tanh")
     unit_norm_decoder = False

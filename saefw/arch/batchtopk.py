@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from omegaconf import II
 from torch import Tensor
 
 from saefw.arch.topk import TopKSAE
@@ -14,7 +13,7 @@ from saefw.registry import register
 
 @dataclass
 class BatchTopKConfig:
-    k: int = II("target_l0")  # mean latents kept per token (k·B per batch of B tokens; default: target_l0)
+    k: int | None = None  # mean latents kept per token (k·B per batch of B tokens); null: the run's target L0
     k_aux: int | None = None  # dead latents the AuxK loss may use; None -> d_in // 2 (Gao et al.)
     aux_coefficient: float = 1 / 32  # α
     # weight of the newest batch in the training-time threshold estimate once past 1/threshold_ema steps

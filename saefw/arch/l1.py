@@ -23,6 +23,8 @@ class L1SAE(SAE):
 
     W_enc [d_in, d_sae] is initialised as W_decᵀ; b_dec as the geometric median of the data."""
 
+    default_target_l0 = 64  # see the measurements in the README's architecture table
+
     saelens_architecture = "standard"
 
     def __init__(self, cfg: L1Config, d_in: int, d_sae: int):

@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from omegaconf import II
 from torch import Tensor
 
 from saefw.arch.base import SAE, SparsityInput, TrainOutput, auxk_loss
@@ -14,7 +13,7 @@ from saefw.registry import register
 
 @dataclass
 class TopKConfig:
-    k: int = II("target_l0")  # latents kept per token (default: the run's target_l0)
+    k: int | None = None  # latents kept per token; null: the run's target L0 (see saefw/run.py sparsity_target)
     k_aux: int | None = None  # dead latents the AuxK loss may use; None -> d_in // 2 (Gao et al.)
     aux_coefficient: float = 1 / 32  # α
 
@@ -23,7 +22,7 @@ def resolve_k(arch: str, k, k_aux, d_in: int, d_sae: int) -> tuple[int, int]:
     """Validated (k, k_aux) for the top-k archs; k_aux defaults to d_in // 2 (Gao et al.)."""
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= d_sae:
         raise SaefwError(f"arch.k={k!r} is invalid for {arch}: it must be an integer in [1, d_sae={d_sae}] "
-                         f"(k defaults to the run's target_l0)")
+                         f"(null: the run's target_l0)")
     if k_aux is not None and (not isinstance(k_aux, int) or k_aux < 1):
         raise SaefwError(f"arch.k_aux={k_aux!r} is invalid for {arch}: it must be a positive integer or null")
     return k, k_aux if k_aux is not None else max(1, d_in // 2)
