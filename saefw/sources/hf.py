@@ -1,6 +1,7 @@
 """Activations of a ``transformers`` causal LM over a text corpus, read from the activation store (or live)."""
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -21,6 +22,7 @@ from saefw.harvest import fill_stores
 from saefw.lm import LanguageModel, model_digest
 from saefw.registry import register
 from saefw.sources.base import ActivationSource, RunSpec
+from saefw.sources.shuffle import Chunk, ShuffleBuffer
 from saefw.store import DTYPES, ActivationStore, StoreKey, default_root
 
 log = logging.getLogger(__name__)
@@ -125,29 +127,35 @@ class HFActivationSource(ActivationSource):
                         c.eval_contexts)
 
     # --- serving ---
-    def _live_chunks(self) -> Iterator[Tensor]:
-        """Live mode: harvest the training split chunk by chunk, in corpus order."""
+    def _live_chunks(self) -> Iterator[Chunk]:
+        """Live mode: the training split in corpus order, tokenised now and harvested when a chunk is read."""
         for contexts in self.lm.iter_contexts(self.documents(False)(), self.cfg.context_size,
                                               chunk=self.cfg.shard_contexts):
-            t0 = time.time()
-            acts = [self.lm.activations(b)[:, 1:] for b in contexts.split(self.cfg.forward_batch_size)]
-            self.harvest_seconds += time.time() - t0
-            yield torch.cat(acts).reshape(-1, self.d_in).float()
+            yield Chunk(contexts.shape[0] * self.tokens_per_context, functools.partial(self._harvest, contexts))
 
-    def _store_chunks(self, generator: torch.Generator) -> Iterator[Tensor]:
-        """Store mode: the shards this run's budget covers, in a seeded random order."""
+    def _harvest(self, contexts: Tensor) -> Tensor:
+        t0 = time.time()
+        acts = [self.lm.activations(b)[:, 1:] for b in contexts.split(self.cfg.forward_batch_size)]
+        self.harvest_seconds += time.time() - t0
+        return torch.cat(acts).reshape(-1, self.d_in).float()
+
+    def _store_chunks(self, generator: torch.Generator) -> Iterator[Chunk]:
+        """Store mode: the shards this run's budget covers, in a seeded random order (read when a chunk is)."""
         m = self.train_store.manifest()
         n = min(len(m.shards), math.ceil(self.spec.train_tokens / (m.shards[0].n_tokens or 1)))
         for i in torch.randperm(n, generator=generator).tolist():
-            yield self.train_store.read(i, m)
+            yield Chunk(m.shards[i].n_tokens, functools.partial(self.train_store.read, i, m))
 
-    def train_batches(self, batch_size: int) -> Iterator[Tensor]:
-        """Exactly ``spec.train_tokens // batch_size`` shuffled batches."""
-        return itertools.islice(self._shuffled(batch_size), self.spec.train_tokens // batch_size)
+    def train_batches(self, batch_size: int, skip: int = 0, part: tuple[int, int] = (0, 1)) -> Iterator[Tensor]:
+        """Exactly ``spec.train_tokens // batch_size`` shuffled batches, less the first ``skip`` (a resumed run);
+        with ``part=(rank, world)`` this rank's ``batch_size // world`` rows of each (see
+        :mod:`saefw.sources.shuffle`). Skipped batches are never read from the store."""
+        return itertools.islice(self._shuffled(batch_size, skip, part),
+                                max(0, self.spec.train_tokens // batch_size - skip))
 
-    def _shuffled(self, batch_size: int) -> Iterator[Tensor]:
+    def _shuffled(self, batch_size: int, skip: int, part: tuple[int, int]) -> Iterator[Tensor]:
         g = torch.Generator().manual_seed(self.spec.seed)
-        buffer = torch.empty(0, self.d_in)
+        buffer = ShuffleBuffer(self.d_in, skip)
         for epoch in itertools.count():
             if epoch == 1:
                 log.warning("the budget (%d tokens) exceeds the corpus's training split: reusing text (epoch 2+)",
@@ -155,13 +163,13 @@ class HFActivationSource(ActivationSource):
             n_chunks = 0
             for chunk in (self._store_chunks(g) if self.cfg.store else self._live_chunks()):
                 n_chunks += 1
-                buffer = torch.cat([buffer, chunk])
+                buffer.add(chunk)
                 if len(buffer) >= self.cfg.buffer_tokens:
-                    buffer = yield from _serve(buffer, len(buffer) // 2, batch_size, g)  # keep half to mix
+                    yield from buffer.serve(len(buffer) // 2, batch_size, g, part)  # keep half to mix
             if n_chunks == 0:
                 raise SaefwError(f"corpus={self.cfg.corpus!r} has no training text (after holding out "
                                  f"{self.cfg.eval_doc_fraction:.0%} of its documents)")
-            buffer = yield from _serve(buffer, len(buffer), batch_size, g)  # end of an epoch: serve it all
+            yield from buffer.serve(len(buffer), batch_size, g, part)  # end of an epoch: serve it all
 
     def eval_batches(self, batch_size: int) -> Iterator[Tensor]:
         """The held-out activations, context-aligned: each batch holds whole contexts (``tokens_per_context``
@@ -200,11 +208,3 @@ class HFActivationSource(ActivationSource):
         return {"model_name": c.model, "hook_name": self.lm.hook_name, "hook_layer": c.layer, "site": c.site,
                 "context_size": c.context_size, "dataset_path": c.corpus, "prepend_bos": True}
 
-
-def _serve(buffer: Tensor, n: int, batch_size: int, generator: torch.Generator):
-    """Shuffle ``buffer``, yield the whole batches among its first ``n`` rows, return the rest."""
-    buffer = buffer[torch.randperm(len(buffer), generator=generator)]
-    end = (n // batch_size) * batch_size
-    for j in range(0, end, batch_size):
-        yield buffer[j: j + batch_size]
-    return buffer[end:]
