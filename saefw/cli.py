@@ -8,7 +8,8 @@ the defaults list, so a leading ``+`` on them is dropped before Hydra sees it.
 
 In a multirun (``-m``) a job that fails (a bad value, a diverged run, any exception) is recorded as failed in its
 own dir (``metrics.json`` with ``status: failed`` and the one error line) and the sweep goes on; the command exits
-with status 1 at the end if any job failed. A single run stops at the error as before (one line, exit 2).
+with status 1 at the end if any job failed. A single run stops at the error as before (one line, exit 2). A config Hydra cannot compose (unknown option,
+wrong type, unknown key) is reported the same way: one ``error:`` line, exit 2 (:mod:`saefw.hydra_errors`).
 """
 from __future__ import annotations
 
@@ -101,11 +102,16 @@ def command(config_name: str, task: Callable[[Any, Path], Any], argv: list[str] 
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
+    from saefw.hydra_errors import StderrGate, one_line
+
+    gate = StderrGate(sys.stderr)  # Hydra's composition errors are condensed to one line (saefw.hydra_errors)
+
     @hydra.main(config_path=str(conf_dir()), config_name=config_name, version_base="1.3")
     def _task(cfg):
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
+        gate.release()  # composed: from here on stderr is the real one
         hc = HydraConfig.get()
         output_dir = Path(hc.runtime.output_dir)
         if hc.mode != RunMode.MULTIRUN:
@@ -132,7 +138,17 @@ def command(config_name: str, task: Callable[[Any, Path], Any], argv: list[str] 
         finally:
             _end_wandb_run(failed)
 
-    result = _task()
+    sys.stderr = gate
+    try:
+        result = _task()
+    except SystemExit as exc:
+        if gate.holding and exc.code not in (0, None):
+            gate.release(forward=False)
+            print(f"error: {one_line(gate.captured())}", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise
+    finally:
+        gate.release()
     if _tally.failed:
         print(f"error: {len(_tally.failed)} of {_tally.jobs} jobs failed: {', '.join(_tally.failed)}",
               file=sys.stderr)

@@ -19,7 +19,8 @@ from saefw.atomic import write_json
 from saefw.corpus import Corpus, split_documents
 from saefw.errors import SaefwError
 from saefw.harvest import fill_stores
-from saefw.lm import LanguageModel, model_digest
+from saefw.distributed import local_device
+from saefw.lm import LanguageModel, check_layer_site, d_model_of, hook_name, load_config, model_digest, n_layers_of
 from saefw.registry import register
 from saefw.sources.base import ActivationSource, RunSpec
 from saefw.sources.shuffle import Chunk, ShuffleBuffer
@@ -44,9 +45,10 @@ class HFSourceConfig:
     # tokens put the standard error of ce_loss_recovered near 0.005 on SmolLM2 (see the README).
     eval_contexts: int = 128
     eval_doc_fraction: float = 0.05  # documents (by a hash of their text) held out from training
-    device: str = "auto"  # auto → cuda when available
+    device: str = "auto"  # auto → this rank's GPU when CUDA is available (cuda:<local rank>), else cpu
     dtype: str = "float32"  # the model's dtype
     local_files_only: bool = True  # no network at run time; a hub cache or local dir still works
+    trust_remote_code: bool = False  # run a hub model's own Python code (only for checkpoints you trust)
     store: bool = True  # harvest once into the activation store and share it (false: harvest live every run)
     store_dtype: str = "float32"  # float32 | bfloat16 | float16 (half the disk and reading time)
     store_dir: str | None = None  # default: $SAEFW_CACHE/stores (~/.cache/saefw/stores)
@@ -63,7 +65,10 @@ class HFActivationSource(ActivationSource):
     (:mod:`saefw.store`): the first run with a key harvests, every later run reads. Training batches come from
     the first ``⌈train_tokens / shard⌉`` shards, read in a seeded random order through a shuffle buffer of
     ``buffer_tokens`` (serve half, keep half), so memory stays flat in the budget and a run's data does not
-    depend on whether the store was already there."""
+    depend on whether the store was already there.
+
+    The model's weights are loaded when first needed (harvesting, live mode, evaluation): a data-parallel rank
+    that only reads a finished store never loads them."""
 
     needs_model = True
 
@@ -73,14 +78,27 @@ class HFActivationSource(ActivationSource):
             raise SaefwError(f"source.store_dtype={cfg.store_dtype!r} is invalid; choices: {', '.join(DTYPES)}")
         if cfg.context_size < 3:
             raise SaefwError(f"source.context_size={cfg.context_size} is too small; it must be at least 3")
+        if not isinstance(getattr(torch, cfg.dtype, None), torch.dtype):
+            raise SaefwError(f"source.dtype={cfg.dtype!r} is not a torch dtype; e.g. float32, bfloat16, float16")
+        self.device = cfg.device if cfg.device != "auto" else local_device()
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise SaefwError(f"source.device={cfg.device} but no CUDA GPU is visible here; valid: cpu, auto")
         self.corpus = Corpus(cfg.corpus, cfg.corpus_text_field, cfg.corpus_split, cfg.corpus_config)
-        device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        self.lm = LanguageModel(cfg.model, cfg.layer, cfg.site, device=device, dtype=getattr(torch, cfg.dtype),
-                                local_files_only=cfg.local_files_only)
-        self.d_in = self.lm.d_model
+        _, config = load_config(cfg.model, cfg.local_files_only, cfg.trust_remote_code)
+        check_layer_site(cfg.model, n_layers_of(config), cfg.layer, cfg.site)
+        self._lm: LanguageModel | None = None
+        self.d_in = d_model_of(config)
         self.tokens_per_context = cfg.context_size - 1
         self.harvest_seconds = 0.0
         self.store_status = "off"
+
+    @property
+    def lm(self) -> LanguageModel:
+        if self._lm is None:
+            c = self.cfg
+            self._lm = LanguageModel(c.model, c.layer, c.site, device=self.device, dtype=getattr(torch, c.dtype),
+                                     local_files_only=c.local_files_only, trust_remote_code=c.trust_remote_code)
+        return self._lm
 
     # --- documents and stores ---
     def documents(self, heldout: bool) -> Callable[[], Iterator[str]]:
@@ -112,9 +130,9 @@ class HFActivationSource(ActivationSource):
         self.prepare_keys()
         self.train_store, = self.stores("train")
         self.eval_store, = self.stores("heldout")
-        reports = [fill_stores(self.lm, [self.train_store], self.documents(False), self.spec.train_tokens,
+        reports = [fill_stores(lambda: self.lm, [self.train_store], self.documents(False), self.spec.train_tokens,
                                c.shard_contexts, c.forward_batch_size, desc="harvesting train split"),
-                   fill_stores(self.lm, [self.eval_store], self.documents(True),
+                   fill_stores(lambda: self.lm, [self.eval_store], self.documents(True),
                                c.eval_contexts * self.tokens_per_context, c.shard_contexts, c.forward_batch_size,
                                desc="harvesting held-out split")]
         self.harvest_seconds = sum(r.seconds for r in reports)
@@ -205,6 +223,6 @@ class HFActivationSource(ActivationSource):
 
     def describe(self) -> dict:
         c = self.cfg  # SAELens's metadata names, so the saved cfg.json reads as SAELens's
-        return {"model_name": c.model, "hook_name": self.lm.hook_name, "hook_layer": c.layer, "site": c.site,
+        return {"model_name": c.model, "hook_name": hook_name(c.layer, c.site), "hook_layer": c.layer, "site": c.site,
                 "context_size": c.context_size, "dataset_path": c.corpus, "prepend_bos": True}
 
