@@ -51,9 +51,12 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict:
     tensors and plain containers) is a :class:`SaefwError` naming the file."""
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise SaefwError(f"checkpoint {path} does not exist") from None
     except Exception as exc:  # noqa: BLE001 - zip, pickle and weights-only errors all mean "unusable"
-        reason = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-        raise SaefwError(f"checkpoint {path} is corrupt or unreadable ({reason[:160]})") from None
+        reason = ("refused by torch.load(weights_only=True): garbled, or holding objects other than tensors"
+                  if "Weights only load failed" in str(exc) else f"truncated or garbled: {type(exc).__name__}")
+        raise SaefwError(f"checkpoint {path} is unreadable ({reason})") from None
     if not isinstance(ckpt, dict) or "saefw" not in ckpt or "global_step" not in ckpt:
         raise SaefwError(f"checkpoint {path} is not a saefw training checkpoint")
     return ckpt
@@ -83,7 +86,7 @@ def find_resume(folder: Path, warn: Callable[[str], None]) -> Resume | None:
         try:
             ckpt = load_checkpoint(path)
         except SaefwError as exc:
-            warn(f"{exc}; trying the previous checkpoint")
+            warn(f"{exc}; trying the previous one")
             bad.append(path.name)
             continue
         return Resume(path, int(ckpt["global_step"]), ckpt["saefw"])

@@ -56,7 +56,8 @@ def fill_stores(lm, stores: list[ActivationStore], documents: Callable[[], Itera
                 have = sum(1 for s in m.shards if s.n_contexts == shard_contexts)
             bad = store.corrupt_shards()
             for j in bad:
-                log.warning("activation store %s: shard %d is corrupt; harvesting it again", store.path, j)
+                log.warning("activation store shard %s is corrupt (checksum mismatch); harvesting it again",
+                            store.path / m.shards[j].file)
             more = [] if (m and m.exhausted) else range(have, want_shards)
             if bad or more:
                 todo[i] = set(bad) | set(more)

@@ -66,6 +66,10 @@ def load_config(name: str, local_files_only: bool = True, trust_remote_code: boo
     from transformers import AutoConfig
 
     path = resolve_model(name)
+    if name.startswith(("/", ".", "~")) and not Path(name).expanduser().is_dir():
+        raise SaefwError(f"model={name!r}: no such directory; give an embedded model "
+                         f"({', '.join(EMBEDDED_MODELS)}), a local checkpoint directory, or a hub id in the Hugging "
+                         f"Face cache")
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=local_files_only,
                                             trust_remote_code=trust_remote_code)

@@ -24,7 +24,7 @@ from saefw.lm import LanguageModel, check_layer_site, d_model_of, hook_name, loa
 from saefw.registry import register
 from saefw.sources.base import ActivationSource, RunSpec
 from saefw.sources.shuffle import Chunk, ShuffleBuffer
-from saefw.store import DTYPES, ActivationStore, StoreKey, default_root
+from saefw.store import DTYPES, ActivationStore, Manifest, StoreKey, default_root
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,11 @@ class HFActivationSource(ActivationSource):
                                desc="harvesting held-out split")]
         self.harvest_seconds = sum(r.seconds for r in reports)
         self.store_status = "miss" if any(r.tokens for r in reports) else "hit"  # what this run paid for
+        for store, what in ((self.train_store, "training"), (self.eval_store, "held-out")):
+            if not (store.manifest() or Manifest(key={}, d=0)).n_tokens:
+                raise SaefwError(f"corpus={c.corpus!r} has no {what} text: not one context of {c.context_size} "
+                                 f"tokens among its {what} documents (source.eval_doc_fraction="
+                                 f"{c.eval_doc_fraction} of the documents are held out)")
         m = self.eval_store.manifest()
         self.eval_tokens = torch.cat([self.eval_store.read_tokens(i, m) for i in range(len(m.shards))])
         self.eval_tokens = self.eval_tokens[: c.eval_contexts]
