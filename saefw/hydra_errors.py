@@ -47,6 +47,29 @@ class StderrGate:
             self.real.flush()
 
 
+_gate: StderrGate | None = None
+
+
+def hold_stderr() -> StderrGate:
+    """Hold stderr back (until :func:`release_stderr`): the CLI does this around Hydra's composition."""
+    global _gate
+    _gate = StderrGate(sys.stderr)
+    sys.stderr = _gate
+    return _gate
+
+
+def release_stderr() -> None:
+    """Composition succeeded (a task or a multirun starts): stop holding stderr. Module-level, so a task
+    function that calls it still pickles for out-of-process launchers."""
+    if _gate is not None:
+        _gate.release()
+
+
+def is_composition_error(text: str) -> bool:
+    """Whether Hydra's report is a config problem (rather than a crash with a traceback)."""
+    return "Traceback (most recent call last)" not in text
+
+
 def _known_keys(type_name: str) -> list[str] | None:
     """Field names of the config dataclass ``type_name`` (the run schema's or a registered plugin's)."""
     from saefw import config as run_config
@@ -77,6 +100,10 @@ def one_line(text: str) -> str:
         keys = _known_keys(m.group(2))
         valid = f"; valid keys there: {', '.join(keys)}" if keys else ""
         return f"{over.group(1)}: unknown key '{m.group(1)}' ({m.group(2)}){valid}"
+    m = re.search(r"Key '([^']+)' is not in struct", text)
+    if m and over:
+        return (f"{over.group(1)}: unknown key '{m.group(1)}' (to add a key the config does not have, write "
+                f"+{over.group(1)}=...)")
     m = re.search(r"Error merging override (\S+)", text)
     if m:
         detail = next((ln for ln in lines if ln.startswith(("Value ", "Invalid value", "Unsupported"))), None)

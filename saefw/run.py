@@ -130,6 +130,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     controller = SparsityController(cfg.sparsity, getattr(penalty.cfg, "coefficient", 0.0), cfg.target_l0,
                                     plan.steps, active=hasattr(penalty.cfg, "coefficient"))
     module = SAEModule(sae, penalty, controller, cfg.train, plan.steps)
+    module.rank_facts = lambda: [source.harvest_seconds, float(source.store_status == "miss")]
     provenance = {**source.describe(), "source": cfg.source.name, "penalty": cfg.penalty.name,
                   "penalty_config": OmegaConf.to_container(cfg.penalty, resolve=True), "seed": cfg.seed}
     lm_keys = {k: cfg[k] if entry("source", cfg.source.name).cls.needs_model else None for k in LM_KEYS}
@@ -173,6 +174,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     ranks = {"world_size": trainer.world_size}
     if module.rank_states is not None:
         ranks["rank_state"] = module.rank_states
+        # the job harvested if any rank did (the first rank to take the store's lock harvests; the rest read)
+        source.harvest_seconds = sum(f[0] for f in module.gathered_facts)
+        if any(f[1] for f in module.gathered_facts):
+            data_record["activation_store"] = "miss"
     record = reporter.record(metrics, trainer.global_step, plan.tokens, False, **data_record,
                              harvest_seconds=round(source.harvest_seconds, 1), train_seconds=round(train_seconds, 1),
                              final_coefficient=controller.coefficient(plan.steps),

@@ -105,6 +105,9 @@ class SAEModule(pl.LightningModule):
         self.register_buffer("tokens_since_fired", torch.zeros(sae.d_sae, dtype=torch.long))
         self.register_buffer("tokens_trained", torch.zeros((), dtype=torch.long))
         self.rank_states: list[dict] | None = None
+        # per-rank numbers rank 0 reports for the whole job (e.g. which rank harvested the store): set by run()
+        self.rank_facts = lambda: [0.0]
+        self.gathered_facts: list[list[float]] | None = None
 
     def dead_mask(self) -> torch.Tensor:
         return self.tokens_since_fired >= self.tcfg.dead_window_tokens
@@ -184,6 +187,8 @@ class SAEModule(pl.LightningModule):
     def on_train_end(self) -> None:
         if self._world() == 1:
             return
+        facts = torch.tensor(self.rank_facts(), dtype=torch.float64, device=self.tokens_trained.device)
+        self.gathered_facts = self.all_gather(facts).cpu().tolist()
         gathered = self.all_gather(self.rank_state()).cpu()  # [world, k]
         self.rank_states = [dict(zip(self.RANK_STATE_KEYS, row.tolist())) for row in gathered]
         rows = torch.nan_to_num(gathered, nan=-1.0)
