@@ -41,6 +41,14 @@ def is_global_zero() -> bool:
     return all(int(r) == 0 for r in ranks if r.strip().isdigit())
 
 
+def check_global_batch(batch_size: int, world_size: int) -> None:
+    """``train.batch_size`` is the global batch: it must split evenly over the ranks."""
+    if batch_size % world_size:
+        raise SaefwError(f"train.batch_size={batch_size} does not split evenly over {world_size} ranks; use a "
+                         f"multiple of {world_size} (it is the global batch: each rank trains on "
+                         f"batch_size / {world_size} rows)")
+
+
 def local_device() -> str:
     """``cuda:<local rank>`` when CUDA is available (each rank on its own GPU), else ``cpu``."""
     if not torch.cuda.is_available():

@@ -96,7 +96,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     import pytorch_lightning as pl
 
     from saefw.checkpoint import check_identity
-    from saefw.distributed import check_accelerator, is_global_zero
+    from saefw.distributed import check_accelerator, check_global_batch, is_global_zero
     from saefw.sparsity import SparsityController
     from saefw.train import ActivationDataModule, SAEModule
 
@@ -144,6 +144,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "d_in": source.d_in, "d_sae": sae.d_sae, "seed": cfg.seed, "target_l0": cfg.target_l0},
         write=zero, resume_state=resume.state if resume else None, resume_step=resume.step if resume else None)
     trainer = _trainer(cfg, plan, run_dir, source, evaluators, reporter, identity)
+    check_global_batch(plan.batch_size, trainer.world_size)  # before any other rank is started
     data_record = {"activation_store": source.store_status}
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(resume.path) if resume else None, weights_only=True)

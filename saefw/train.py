@@ -11,6 +11,7 @@ import torch
 from pytorch_lightning.callbacks import TQDMProgressBar
 from torch.utils.data import DataLoader, IterableDataset
 
+from saefw.distributed import check_global_batch
 from saefw.errors import SaefwError
 from saefw.evals.base import run_evaluators
 from saefw.sparsity import SparsityController, compose_loss
@@ -65,10 +66,7 @@ class ActivationDataModule(pl.LightningDataModule):
     def batches(self, skip: int = 0, part: tuple[int, int] = (0, 1)):
         """The training batches after the first ``skip``, this rank's ``part=(rank, world)`` of each."""
         rank, world = part
-        if self.batch_size % world:
-            raise SaefwError(f"train.batch_size={self.batch_size} does not split evenly over {world} ranks; "
-                             f"use a multiple of {world} (it is the global batch: each rank trains on "
-                             f"batch_size / {world} rows)")
+        check_global_batch(self.batch_size, world)
         if skip == 0 and world == 1:  # the peeked head, then the same stream
             head, self._head = self._head, []
             return itertools.islice(itertools.chain(head, self._stream()), self.steps)
