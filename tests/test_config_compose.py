@@ -136,3 +136,12 @@ def test_evaluate_config_composes_with_every_source_and_evaluator(composer):
     assert compose(config_name="evaluate", overrides=["layer=25", "model=gpt2"]).layer == 25
     with pytest.raises(ConfigCompositionException):
         compose(config_name="evaluate", overrides=["layer=abc"])
+
+
+def test_every_launcher_preset_composes(composer):
+    presets = sorted(p.stem for p in (Path(conf_dir()) / "hydra" / "launcher").glob("*.yaml"))
+    assert "slurm" in presets
+    for preset in presets:
+        cfg = compose("config", overrides=[f"hydra/launcher={preset}", "trainer.devices=2"],
+                      return_hydra_config=True)
+        assert OmegaConf.to_container(cfg.hydra.launcher, resolve=True)["tasks_per_node"] == 2
