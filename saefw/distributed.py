@@ -94,6 +94,29 @@ def strategy_kwargs(trainer_kwargs: dict, checkpoint_io) -> dict:
     return {"strategy": strategy, "plugins": [checkpoint_io]}
 
 
+_LAUNCH_VARS = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+_env_before_launch: dict[str, str | None] | None = None
+
+
+def end_process_group() -> None:
+    """Close the process group after training and, in the process that started the other ranks, put back the
+    environment it set for them: the next job of a multirun in this process starts its own ranks (with
+    ``LOCAL_RANK`` left set, Lightning would take the ranks for started already and wait for them forever), and a
+    rank still waiting in a collective after a failure gets an error instead of waiting."""
+    global _env_before_launch
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    if _env_before_launch is not None:
+        for var, value in _env_before_launch.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+        _env_before_launch = None
+
+
 def rank_command(local_rank: int) -> tuple[list[str], str | None]:
     """The command line (and working dir) that runs rank ``local_rank`` of the current job."""
     from hydra.core.hydra_config import HydraConfig
@@ -114,8 +137,10 @@ class _RankLauncher(_SubprocessScriptLauncher):
     """Lightning's subprocess launcher with saefw's command for the other ranks (:func:`rank_command`)."""
 
     def _call_children_scripts(self) -> None:
+        global _env_before_launch
         self._check_can_spawn_children()
         self.procs = []
+        _env_before_launch = {var: os.environ.get(var) for var in _LAUNCH_VARS}
         env = self.cluster_environment
         os.environ["MASTER_ADDR"] = env.main_address
         os.environ["MASTER_PORT"] = str(env.main_port)

@@ -96,7 +96,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     import pytorch_lightning as pl
 
     from saefw.checkpoint import check_identity
-    from saefw.distributed import check_accelerator, check_global_batch, is_global_zero
+    from saefw.distributed import check_accelerator, check_global_batch, end_process_group, is_global_zero
     from saefw.sparsity import SparsityController
     from saefw.train import ActivationDataModule, SAEModule
 
@@ -161,6 +161,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             print(f"\ninterrupted at step {trainer.global_step}: SAE saved to {run_dir}; run the same command "
                   f"with hydra.run.dir={run_dir} to resume from its last checkpoint", flush=True)
         raise SystemExit(130) from None
+    finally:
+        end_process_group()
     if not trainer.is_global_zero:
         return {}
     train_seconds = reporter.elapsed()

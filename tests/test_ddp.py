@@ -115,3 +115,18 @@ def test_slurm_tasks_on_two_nodes(ddp_runs, tiny_model, tmp_path):
     assert sum(log.count("saefw run summary") for log in logs) == 1
     ddp = json.loads((ddp_runs["ddp"][0] / "metrics.json").read_text())
     assert all(d <= TOLERANCE for d in _rel(ddp, m).values())  # the same job as devices=2 on one node
+
+
+def test_every_job_of_a_multirun_trains_on_two_ranks(tiny_model, tmp_path):
+    """Each job starts its own ranks (python -m saefw <the job's overrides> hydra.run.dir=<the job's dir>); the
+    ranks of one job are gone before the next starts (a second job must not wait for the first one's ranks)."""
+    sweep = tmp_path / "sweep"
+    r = run_cli("-m", f"model={tiny_model}", *DDP_RUN, "total_tokens=1280", "trainer.strategy=ddp",
+                "trainer.devices=2", "wandb.mode=disabled", "seed=0,1", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+                timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    records = [json.loads((sweep / f"{j}_l1" / "metrics.json").read_text()) for j in (0, 1)]
+    assert [m["world_size"] for m in records] == [2, 2]
+    assert [m["seed"] for m in records] == [0, 1] and records[0]["l0"] != records[1]["l0"]
+    assert all(m["rank_state"][0] == m["rank_state"][1] for m in records)
+    assert not list(sweep.glob("*/.hydra/*rank*"))
