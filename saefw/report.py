@@ -110,7 +110,7 @@ class Reporter:
         for lg in self.loggers:
             lg.log_metrics({"eval/" + k: v for k, v in scalars(metrics).items()}, step=step)
         hist = {"eval/" + k: v for k, v in metrics.items() if torch.is_tensor(v) and v.ndim == 1}
-        if hist:
+        if hist and self._wandb():
             import wandb
 
             for lg in self._wandb():
