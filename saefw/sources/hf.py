@@ -137,8 +137,9 @@ class HFActivationSource(ActivationSource):
                                desc="harvesting held-out split")]
         self.harvest_seconds = sum(r.seconds for r in reports)
         self.store_status = "miss" if any(r.tokens for r in reports) else "hit"  # what this run paid for
-        for store, what in ((self.train_store, "training"), (self.eval_store, "held-out")):
-            if not (store.manifest() or Manifest(key={}, d=0)).n_tokens:
+        for store, what, wanted in ((self.train_store, "training", self.spec.train_tokens),
+                                    (self.eval_store, "held-out", c.eval_contexts)):
+            if wanted and not (store.manifest() or Manifest(key={}, d=0)).n_tokens:
                 raise SaefwError(f"corpus={c.corpus!r} has no {what} text: not one context of {c.context_size} "
                                  f"tokens among its {what} documents (source.eval_doc_fraction="
                                  f"{c.eval_doc_fraction} of the documents are held out)")
