@@ -8,7 +8,8 @@ the defaults list, so a leading ``+`` on them is dropped before Hydra sees it.
 
 In a multirun (``-m``) a job that fails (a bad value, a diverged run, any exception) is recorded as failed in its
 own dir (``metrics.json`` with ``status: failed`` and the one error line) and the sweep goes on; the command exits
-with status 1 at the end if any job failed. A single run stops at the error as before (one line, exit 2).
+with status 1 at the end if any job failed. A single run stops at the error as before (one line, exit 2). A config Hydra cannot compose (unknown option,
+wrong type, unknown key) is reported the same way: one ``error:`` line, exit 2 (:mod:`saefw.hydra_errors`).
 """
 from __future__ import annotations
 
@@ -50,8 +51,8 @@ def conf_dir() -> Path:
 
 class _SweepTally:
     """Jobs run and failed in this process's multirun. Hydra's basic launcher (and the Optuna sweeper on it) run
-    every job in-process; a launcher that runs jobs elsewhere still gets their failures recorded in the job dirs
-    and the compare table, but not in this process's exit status."""
+    every job in-process; for a launcher that runs jobs elsewhere (submitit) the failures are read back from the
+    job dirs when the multirun ends (:func:`tally_job_dirs`, called by the compare callback)."""
 
     def __init__(self) -> None:
         self.reset()
@@ -62,6 +63,24 @@ class _SweepTally:
 
 
 _tally = _SweepTally()
+
+
+def tally_job_dirs(sweep_dir: Path) -> None:
+    """Count the jobs of a finished multirun from their dirs (``metrics.json``, ``status: failed`` for a failed
+    one), so jobs that ran in other processes (submitit launchers) also set the command's exit status."""
+    import json
+
+    seen = {str(Path(p).resolve()) for p in _tally.failed}
+    jobs = 0
+    for record in sorted(Path(sweep_dir).glob("*/metrics.json")):
+        jobs += 1
+        try:
+            failed = json.loads(record.read_text()).get("status") == "failed"
+        except (OSError, ValueError):
+            continue
+        if failed and str(record.parent.resolve()) not in seen:
+            _tally.failed.append(str(record.parent))
+    _tally.jobs = max(_tally.jobs, jobs)
 
 
 def _end_wandb_run(failed: bool) -> None:
@@ -101,11 +120,14 @@ def command(config_name: str, task: Callable[[Any, Path], Any], argv: list[str] 
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
+    from saefw.hydra_errors import hold_stderr, is_composition_error, one_line, release_stderr
+
     @hydra.main(config_path=str(conf_dir()), config_name=config_name, version_base="1.3")
     def _task(cfg):
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
+        release_stderr()  # composed: from here on stderr is the real one
         hc = HydraConfig.get()
         output_dir = Path(hc.runtime.output_dir)
         if hc.mode != RunMode.MULTIRUN:
@@ -132,7 +154,17 @@ def command(config_name: str, task: Callable[[Any, Path], Any], argv: list[str] 
         finally:
             _end_wandb_run(failed)
 
-    result = _task()
+    gate = hold_stderr()  # Hydra's composition errors are condensed to one line (saefw.hydra_errors)
+    try:
+        result = _task()
+    except SystemExit as exc:
+        if gate.holding and exc.code not in (0, None) and is_composition_error(gate.captured()):
+            gate.release(forward=False)
+            print(f"error: {one_line(gate.captured())}", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise
+    finally:
+        gate.release()
     if _tally.failed:
         print(f"error: {len(_tally.failed)} of {_tally.jobs} jobs failed: {', '.join(_tally.failed)}",
               file=sys.stderr)

@@ -51,6 +51,9 @@ class RunConfig:
     expansion_factor: int = 8
     d_sae: int | None = None  # overrides expansion_factor
     threads: int | None = None  # torch CPU threads; 1 is faster when other jobs share a small machine
+    # null: continue from the run dir's last checkpoint when there is one (same hydra.run.dir, a requeued job);
+    # true: insist on one; false: start over (the old checkpoints are removed). See saefw/checkpoint.py.
+    resume: bool | None = None
     source: Any = None
     arch: Any = None
     penalty: Any = None

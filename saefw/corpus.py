@@ -76,6 +76,8 @@ class Corpus:
             raise SaefwError(f"corpus={self.name!r}: unsupported file type; supported: {', '.join(FILE_KINDS)}")
         if path.is_dir() and not self.files():
             raise SaefwError(f"corpus={self.name!r} is a folder with no {', '.join(FILE_KINDS)} files")
+        if all(p.stat().st_size == 0 for p in self.files()):
+            raise SaefwError(f"corpus={self.name!r} is empty: it holds no text")
 
     # --- reading ---
     def documents(self) -> Iterator[str]:

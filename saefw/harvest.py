@@ -34,7 +34,8 @@ def fill_stores(lm, stores: list[ActivationStore], documents: Callable[[], Itera
     """Make every store hold at least ``n_tokens`` tokens (or the whole corpus split, when it is smaller).
 
     ``documents()`` returns the split's documents in their fixed order. Each store's file lock is held while it
-    may be written, so a concurrent job with the same key waits and then finds the shards already there."""
+    may be written, so a concurrent job with the same key waits and then finds the shards already there. ``lm``
+    may be a function returning the model, called only when something has to be harvested."""
     context_size = stores[0].key.context_size
     per_ctx = context_size - 1
     want_contexts = math.ceil(n_tokens / per_ctx)
@@ -55,13 +56,16 @@ def fill_stores(lm, stores: list[ActivationStore], documents: Callable[[], Itera
                 have = sum(1 for s in m.shards if s.n_contexts == shard_contexts)
             bad = store.corrupt_shards()
             for j in bad:
-                log.warning("activation store %s: shard %d is corrupt; harvesting it again", store.path, j)
+                log.warning("activation store shard %s is corrupt (checksum mismatch); harvesting it again",
+                            store.path / m.shards[j].file)
             more = [] if (m and m.exhausted) else range(have, want_shards)
             if bad or more:
                 todo[i] = set(bad) | set(more)
                 report.repaired += len(bad)
         if not todo:
             return report
+        if callable(lm):
+            lm = lm()
         last = max(max(js) for js in todo.values())
         n_new = sum(len(js) for js in todo.values()) // len(todo)
         t0 = time.time()

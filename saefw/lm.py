@@ -60,16 +60,55 @@ def _with_first(out, new):
     return (new, *out[1:]) if isinstance(out, tuple) else new
 
 
-def load_config(name: str, local_files_only: bool = True):
+def load_config(name: str, local_files_only: bool = True, trust_remote_code: bool = False):
+    """(local path or hub id, config) of a causal LM; clear errors for a model that cannot be found, needs code
+    it was not allowed to run, or is not a causal LM."""
     from transformers import AutoConfig
 
     path = resolve_model(name)
+    if name.startswith(("/", ".", "~")) and not Path(name).expanduser().is_dir():
+        raise SaefwError(f"model={name!r}: no such directory; give an embedded model "
+                         f"({', '.join(EMBEDDED_MODELS)}), a local checkpoint directory, or a hub id in the Hugging "
+                         f"Face cache")
     try:
-        return path, AutoConfig.from_pretrained(path, local_files_only=local_files_only, trust_remote_code=False)
+        config = AutoConfig.from_pretrained(path, local_files_only=local_files_only,
+                                            trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        if "trust_remote_code" in str(exc):
+            raise SaefwError(f"model={name!r} ships its own code, which saefw does not run unless asked: set "
+                             f"source.trust_remote_code=true if you trust it ({first})") from None
         raise SaefwError(f"model={name!r} could not be loaded: it is not an embedded model "
                          f"({', '.join(EMBEDDED_MODELS)}), a local checkpoint directory, nor in the Hugging Face "
-                         f"cache ({str(exc).splitlines()[0][:200]})") from None
+                         f"cache ({first})") from None
+    check_causal_lm(name, config)
+    return path, config
+
+
+def check_causal_lm(name: str, config) -> None:
+    """The checkpoint must be a decoder-only causal LM: its saved architecture one of ``transformers``' causal-LM
+    classes (a BERT saved as ``BertModel``/``BertForMaskedLM``, an encoder-decoder like T5 are refused)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    causal = set()
+    for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        causal.update([v] if isinstance(v, str) else v)
+    archs = list(getattr(config, "architectures", None) or [])
+    kind = getattr(config, "model_type", "?")
+    if getattr(config, "is_encoder_decoder", False):
+        what = f"an encoder-decoder model ({kind})"
+    elif archs and not any(a in causal for a in archs):
+        what = f"a {archs[0]} ({kind})"
+    elif not archs and kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        what = f"a {kind} model without a causal-LM head"
+    else:
+        return
+    raise SaefwError(f"model={name!r} is not a causal language model: its checkpoint is {what}; saefw hooks "
+                     f"decoder-only causal LMs (e.g. LlamaForCausalLM, GPT2LMHeadModel, GPTNeoXForCausalLM)")
+
+
+def d_model_of(config) -> int:
+    return int(getattr(config, "hidden_size", None) or config.n_embd)
 
 
 def model_digest(name: str, local_files_only: bool = True) -> str:
@@ -136,21 +175,22 @@ class LanguageModel:
     """A ``transformers`` causal LM with one hook point: harvest, splice, and next-token cross-entropy."""
 
     def __init__(self, name: str, layer: int, site: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 local_files_only: bool = True):
+                 local_files_only: bool = True, trust_remote_code: bool = False):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.name, self.layer, self.site, self.device = name, layer, site, torch.device(device)
-        path, config = load_config(name, local_files_only)
+        path, config = load_config(name, local_files_only, trust_remote_code)
         self.n_layers = n_layers_of(config)
         check_layer_site(name, self.n_layers, layer, site)
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=local_files_only,
-                                                          trust_remote_code=False).to(self.device).eval()
+                                                          trust_remote_code=trust_remote_code).to(self.device).eval()
         self.model.requires_grad_(False)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only,
+                                                       trust_remote_code=trust_remote_code)
         bos = self.tokenizer.bos_token_id
         self.bos_id = bos if bos is not None else self.tokenizer.eos_token_id
         self.sep_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else self.bos_id
-        self.d_model = int(getattr(config, "hidden_size", None) or config.n_embd)
+        self.d_model = d_model_of(config)
         self._blocks = block_list(self.model)
         self._module = self.hook_module(layer, site)
         self.hook_name = hook_name(layer, site)

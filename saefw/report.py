@@ -4,6 +4,8 @@ The metrics record is built in one place (:meth:`Reporter.record`) for the norma
 from __future__ import annotations
 
 import os
+import secrets
+import string
 import time
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from saefw.atomic import atomic_path, write_json
+from saefw.wandb_mode import effective_mode, fall_back
 
 SUMMARY_KEYS = ("l0", "explained_variance", "ce_loss_recovered", "ce_delta", "kl_div", "dead_fraction",
                 "shrinkage", "mmcs")
@@ -34,33 +37,67 @@ def _sweep_group(cfg: DictConfig) -> str | None:
 
 
 class Reporter:
-    """Collects a run's results and writes them into ``run_dir``."""
+    """Collects a run's results and writes them into ``run_dir``.
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, base: dict):
-        self.cfg, self.run_dir, self.base = cfg, Path(run_dir), dict(base)
-        self.history: list[dict] = []
+    ``write=False`` (ranks other than 0 of a data-parallel run) makes a reporter without loggers that writes
+    nothing. A resumed run passes its checkpoint's saefw block as ``resume_state``: the evaluation history so far,
+    the same W&B run id (logging continues in that run), and the CSV log's rows up to ``resume_step``."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, base: dict, write: bool = True,
+                 resume_state: dict | None = None, resume_step: int | None = None):
+        self.cfg, self.run_dir, self.base, self.writes = cfg, Path(run_dir), dict(base), write
+        resume_state = resume_state or {}
+        self.history: list[dict] = list(resume_state.get("history", []))
+        self.wandb_id: str | None = resume_state.get("wandb_id")
         self.t0 = time.time()
-        self.loggers = self._make_loggers()
+        self.loggers = self._make_loggers(resume_step) if write else []
 
     def elapsed(self) -> float:
         return time.time() - self.t0
 
-    def _make_loggers(self) -> list:
-        from pytorch_lightning.loggers import CSVLogger, WandbLogger
+    def state(self) -> dict:
+        """What a checkpoint carries for a resumed run (see :mod:`saefw.checkpoint`)."""
+        return {"history": list(self.history), "wandb_id": self.wandb_id}
+
+    def _make_loggers(self, resume_step: int | None) -> list:
+        from pytorch_lightning.loggers import CSVLogger
 
         cfg = self.cfg
-        loggers = [CSVLogger(save_dir=str(self.run_dir), name="csv", version="")]
-        if cfg.wandb.mode != "disabled":
-            os.environ.setdefault("WANDB_SILENT", "true")
-            if cfg.wandb.mode == "offline":
-                os.environ["WANDB_MODE"] = "offline"  # never a login prompt
-            tags = [f"arch:{self.base['arch']}"] + [f"{k}:{self.base[k]}" for k in ("layer", "site")
-                                                    if self.base.get(k) is not None]
-            loggers.append(WandbLogger(project=cfg.wandb.project, entity=cfg.wandb.entity, group=_sweep_group(cfg),
-                                       name=cfg.wandb.name or self.run_dir.name, tags=tags + list(cfg.wandb.tags),
-                                       save_dir=str(self.run_dir), offline=cfg.wandb.mode == "offline",
-                                       config=OmegaConf.to_container(cfg, resolve=True)))
+        old_rows = _take_csv_rows(self.run_dir / "csv", resume_step) if resume_step is not None else []
+        csv = CSVLogger(save_dir=str(self.run_dir), name="csv", version="")
+        csv.experiment.metrics.extend(old_rows)  # written back with the next save, before the new rows
+        loggers = [csv]
+        mode = effective_mode(cfg.wandb.mode)
+        if mode != "disabled":
+            loggers.append(self._wandb_logger(mode))
         return loggers
+
+    def _wandb_logger(self, mode: str):
+        from pytorch_lightning.loggers import WandbLogger
+
+        cfg = self.cfg
+        os.environ.setdefault("WANDB_SILENT", "true")
+        if mode == "offline":
+            os.environ["WANDB_MODE"] = "offline"  # never a login prompt
+        if self.wandb_id is None:
+            self.wandb_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+        tags = [f"arch:{self.base['arch']}"] + [f"{k}:{self.base[k]}" for k in ("layer", "site")
+                                                if self.base.get(k) is not None]
+        logger = WandbLogger(project=cfg.wandb.project, entity=cfg.wandb.entity, group=_sweep_group(cfg),
+                             name=cfg.wandb.name or self.run_dir.name, tags=tags + list(cfg.wandb.tags),
+                             save_dir=str(self.run_dir), offline=mode == "offline", id=self.wandb_id,
+                             resume="allow", config=OmegaConf.to_container(cfg, resolve=True))
+        if mode == "online":
+            try:
+                logger.experiment  # start it now: a server that fails to answer must not fail the training
+            except Exception as exc:  # noqa: BLE001 - any failure to start online means: log offline
+                import wandb
+
+                fall_back(exc)
+                if wandb.run is not None:
+                    wandb.finish(exit_code=1)
+                return self._wandb_logger("offline")
+        return logger
 
     def _wandb(self):
         from pytorch_lightning.loggers import WandbLogger
@@ -73,7 +110,7 @@ class Reporter:
         for lg in self.loggers:
             lg.log_metrics({"eval/" + k: v for k, v in scalars(metrics).items()}, step=step)
         hist = {"eval/" + k: v for k, v in metrics.items() if torch.is_tensor(v) and v.ndim == 1}
-        if hist:
+        if hist and self._wandb():
             import wandb
 
             for lg in self._wandb():
@@ -85,6 +122,8 @@ class Reporter:
                 **extra, "wall_seconds": round(self.elapsed(), 1), "history": self.history}
 
     def write(self, record: dict, metrics: dict | None = None, status: str = "success") -> None:
+        if not self.writes:
+            return
         for lg in self._wandb():
             lg.experiment.summary.update({k: v for k, v in record.items() if isinstance(v, (int, float, str))})
         for lg in self.loggers:
@@ -92,6 +131,25 @@ class Reporter:
         write_json(self.run_dir / "metrics.json", record)
         if metrics is not None and metrics.get("feature_density") is not None:
             plot_density(metrics["feature_density"], self.run_dir / "feature_density.png")
+
+
+def _take_csv_rows(folder: Path, upto_step: int) -> list[dict]:
+    """The rows of ``folder/metrics.csv`` logged at steps ≤ ``upto_step`` (a resumed run keeps them; later rows
+    were logged after the checkpoint and are logged again), as numbers; the old file is removed."""
+    import csv
+
+    path = folder / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        rows = [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
+    for f in folder.glob("*"):
+        if f.is_file():
+            f.unlink()
+    kept = [r for r in rows if r.get("step", 0) <= upto_step]
+    for r in kept:
+        r["step"] = int(r["step"])
+    return kept
 
 
 def plot_density(density: torch.Tensor, path: Path) -> None:

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from saefw.atomic import write_text
 from saefw.cli import on_command_line
 from saefw.errors import SaefwError
 from saefw.evals.base import run_evaluators, usable
@@ -16,6 +19,9 @@ from saefw.plan import RunPlan
 from saefw.registry import FAMILIES, build, discover, entry
 from saefw.report import Reporter, print_summary
 from saefw.sources.base import RunSpec
+
+if TYPE_CHECKING:
+    from saefw.checkpoint import Resume
 
 log = logging.getLogger("saefw")
 LM_KEYS = ("model", "layer", "site")
@@ -70,21 +76,51 @@ def build_sae(cfg: DictConfig, d_in: int, penalty):
     return build("arch", arch_cfg, d_in=d_in, d_sae=cfg.d_sae or cfg.expansion_factor * d_in)
 
 
+def find_checkpoint(cfg: DictConfig, run_dir: Path, steps: int, zero: bool) -> Resume | None:
+    """The checkpoint this run continues from. ``resume``: null (default) continues when ``run_dir`` holds a
+    checkpoint (re-running a command with the same ``hydra.run.dir``, or a requeued cluster job); true insists
+    on one; false starts over, removing the checkpoints of an earlier attempt."""
+    from saefw.checkpoint import clear, find_resume
+
+    folder = run_dir / "checkpoints"
+    mode = cfg.get("resume")
+    if mode is False:
+        if zero and (n := clear(folder)):
+            print(f"resume=false: removed {n} checkpoint(s) of an earlier attempt from {folder}", flush=True)
+        return None
+    found = find_resume(folder, warn=lambda m: zero and print(f"warning: {m}", file=sys.stderr, flush=True))
+    if found is None and mode is True:
+        raise SaefwError(f"resume=true but {folder} holds no checkpoint; set hydra.run.dir to the directory of "
+                         f"the run to resume")
+    if found is not None and zero:
+        print(f"resuming from {found.path} (step {found.step} of {steps})", flush=True)
+    return found
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train and evaluate one SAE; writes sae_weights, cfg.json, config.yaml, metrics.json into ``run_dir``."""
+    """Train and evaluate one SAE; writes sae_weights, cfg.json, config.yaml, metrics.json into ``run_dir``.
+
+    Under data parallelism every rank runs this; only global rank 0 evaluates and writes (the others return
+    an empty record)."""
     import pytorch_lightning as pl
 
+    from saefw.checkpoint import check_identity
+    from saefw.distributed import check_accelerator, check_global_batch, end_process_group, is_global_zero
     from saefw.sparsity import SparsityController
     from saefw.train import ActivationDataModule, SAEModule
 
     discover()
+    zero = is_global_zero()
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if zero:
+        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     for family in ("source", "arch", "penalty"):
         entry(family, cfg[FAMILIES[family]].name)
     check_combination(cfg.arch.name, cfg.penalty.name)
     check_lm_keys(cfg)
+    check_accelerator(cfg.trainer.get("accelerator", "auto"))
     plan = RunPlan.from_config(cfg)
+    resume = find_checkpoint(cfg, run_dir, plan.steps, zero)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -93,11 +129,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     source = build("source", cfg.source, spec=RunSpec(seed=cfg.seed, train_tokens=plan.tokens))
     penalty = build("penalty", cfg.penalty)
     sae = build_sae(cfg, source.d_in, penalty)
-    evaluators = build_evaluators(cfg, source)
+    evaluators = build_evaluators(cfg, source) if zero else []  # only rank 0 evaluates
     source.setup()
     data = ActivationDataModule(source, plan.batch_size, plan.steps)
     head = torch.cat([b.float() for b in data.peek(cfg.train.init_batches)])
-    sae.initialize_from_data(head)
+    sae.initialize_from_data(head)  # a resumed run then loads the checkpoint's weights over it
 
     # training
     penalised = isinstance(penalty.cfg, PenaltyConfig)  # the top-k archs' "none" penalty has no λ
@@ -105,29 +141,39 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     controller = SparsityController(cfg.sparsity, penalty.cfg.coefficient if penalised else 0.0,
                                     target if penalised else None, plan.steps, active=penalised)
     module = SAEModule(sae, penalty, controller, cfg.train, plan.steps)
+    module.rank_facts = lambda: [source.harvest_seconds, float(source.store_status == "miss")]
     provenance = {**source.describe(), "source": cfg.source.name, "penalty": cfg.penalty.name,
                   "penalty_config": OmegaConf.to_container(cfg.penalty, resolve=True), "seed": cfg.seed}
     lm_keys = {k: cfg[k] if entry("source", cfg.source.name).cls.needs_model else None for k in LM_KEYS}
-    reporter = Reporter(cfg, run_dir, {
-        "arch": cfg.arch.name, "penalty": cfg.penalty.name, "source": cfg.source.name, **lm_keys,
-        "d_in": source.d_in, "d_sae": sae.d_sae, "seed": cfg.seed,
-        "target_l0": target})
-    trainer = _trainer(cfg, plan, run_dir, source, evaluators, reporter)
+    identity = {"arch": cfg.arch.name, "penalty": cfg.penalty.name, "source": cfg.source.name, **lm_keys,
+                "d_in": source.d_in, "d_sae": sae.d_sae, "seed": cfg.seed, "steps": plan.steps,
+                "batch_size": plan.batch_size}
+    if resume is not None:
+        check_identity(resume, identity)
+    reporter = Reporter(cfg, run_dir, {**{k: v for k, v in identity.items() if k not in ("steps", "batch_size")},
+                                       "target_l0": target}, write=zero, resume_state=resume.state if resume else None, resume_step=resume.step if resume else None)
+    trainer = _trainer(cfg, plan, run_dir, source, evaluators, reporter, identity)
+    check_global_batch(plan.batch_size, trainer.world_size)  # before any other rank is started
     data_record = {"activation_store": source.store_status}
     try:
-        trainer.fit(module, datamodule=data)
+        trainer.fit(module, datamodule=data, ckpt_path=str(resume.path) if resume else None, weights_only=True)
     except SystemExit:
         # Lightning turns Ctrl-C into SystemExit after its own teardown: keep what was learned before leaving
         if not trainer.interrupted:
             raise
-        save_sae(sae, run_dir, provenance)
-        last = reporter.history[-1] if reporter.history else {}
-        reporter.write(reporter.record(last, trainer.global_step, trainer.global_step * plan.batch_size, True,
-                                       **data_record, harvest_seconds=round(source.harvest_seconds, 1)),
-                       status="interrupted")
-        print(f"\ninterrupted at step {trainer.global_step}: SAE saved to {run_dir} "
-              f"(last checkpoint in {run_dir / 'checkpoints'})", flush=True)
+        if trainer.is_global_zero:
+            save_sae(sae, run_dir, provenance)
+            last = reporter.history[-1] if reporter.history else {}
+            reporter.write(reporter.record(last, trainer.global_step, trainer.global_step * plan.batch_size, True,
+                                           **data_record, harvest_seconds=round(source.harvest_seconds, 1)),
+                           status="interrupted")
+            print(f"\ninterrupted at step {trainer.global_step}: SAE saved to {run_dir}; run the same command "
+                  f"with hydra.run.dir={run_dir} to resume from its last checkpoint", flush=True)
         raise SystemExit(130) from None
+    finally:
+        end_process_group()
+    if not trainer.is_global_zero:
+        return {}
     train_seconds = reporter.elapsed()
 
     # evaluation: on the device it trained on (Lightning's teardown moved it to the CPU)
@@ -137,26 +183,41 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     metrics["dead_fraction"] = module.dead_mask().float().mean().item()
     reporter.log_eval(metrics, trainer.global_step, periodic=False)
     save_sae(sae, run_dir, provenance)
+    ranks = {"world_size": trainer.world_size}
+    if module.rank_states is not None:
+        ranks["rank_state"] = module.rank_states
+        # the job harvested if any rank did (the first rank to take the store's lock harvests; the rest read)
+        source.harvest_seconds = sum(f[0] for f in module.gathered_facts)
+        if any(f[1] for f in module.gathered_facts):
+            data_record["activation_store"] = "miss"
     record = reporter.record(metrics, trainer.global_step, plan.tokens, False, **data_record,
                              harvest_seconds=round(source.harvest_seconds, 1), train_seconds=round(train_seconds, 1),
-                             final_coefficient=controller.coefficient(plan.steps))
+                             final_coefficient=controller.coefficient(plan.steps),
+                             tokens_trained=int(module.tokens_trained), resumed_from=resume.step if resume else None,
+                             **ranks)
     reporter.write(record, metrics)
     print_summary(record, run_dir)
     return record
 
 
-def _trainer(cfg: DictConfig, plan: RunPlan, run_dir: Path, source, evaluators, reporter):
+def _trainer(cfg: DictConfig, plan: RunPlan, run_dir: Path, source, evaluators, reporter, identity: dict):
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
 
+    from saefw.checkpoint import AtomicCheckpointIO, Checkpointer
+    from saefw.distributed import strategy_kwargs
     from saefw.train import EvalCallback, TokenProgressBar
 
     tc = cfg.train
+    state = lambda: {**reporter.state(), "identity": identity}  # noqa: E731 - read at every checkpoint
     callbacks = [EvalCallback(source, evaluators, tc.eval_every_steps, tc.eval_batch_size, reporter.log_eval),
-                 ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_last=True, save_top_k=0,
-                                 every_n_train_steps=tc.checkpoint_every_steps)]
+                 Checkpointer(run_dir / "checkpoints", tc.checkpoint_every_steps, state)]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(TokenProgressBar(plan.batch_size))
     kwargs = {"max_epochs": 1, "default_root_dir": str(run_dir), "num_sanity_val_steps": 0,
-              "gradient_clip_val": None, **cfg.trainer, "max_steps": plan.steps}
-    return pl.Trainer(logger=reporter.loggers, callbacks=callbacks, **kwargs)
+              "gradient_clip_val": None, **cfg.trainer, "max_steps": plan.steps, "enable_checkpointing": False}
+    kwargs.update(strategy_kwargs(kwargs, AtomicCheckpointIO()))
+    try:
+        return pl.Trainer(logger=reporter.loggers, callbacks=callbacks, **kwargs)
+    except (MisconfigurationException, ValueError, TypeError) as exc:
+        raise SaefwError(f"trainer: {' '.join(str(exc).split())[:300]}") from None

@@ -1,6 +1,7 @@
 """Lightning pieces: the SAE training module, the activation data module, and the periodic-eval callback."""
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import warnings
@@ -10,6 +11,7 @@ import torch
 from pytorch_lightning.callbacks import TQDMProgressBar
 from torch.utils.data import DataLoader, IterableDataset
 
+from saefw.distributed import check_global_batch
 from saefw.errors import SaefwError
 from saefw.evals.base import run_evaluators
 from saefw.sparsity import SparsityController, compose_loss
@@ -17,6 +19,8 @@ from saefw.sparsity import SparsityController, compose_loss
 log = logging.getLogger(__name__)
 # the stream is read in the main process (num_workers=0), so a length on an IterableDataset is exact here
 warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
+# a resumed run's stream does resume: it skips the restored global_step's batches (ActivationDataModule.batches)
+warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
 
 
 class _Stream(IterableDataset):
@@ -33,8 +37,12 @@ class _Stream(IterableDataset):
 
 
 class ActivationDataModule(pl.LightningDataModule):
-    """Serves ``steps`` batches of ``source.train_batches``. ``peek(n)`` hands the first batches out early for
-    data-dependent init without losing them from the stream."""
+    """Serves ``steps`` global batches of ``source.train_batches``. ``peek(n)`` hands the first batches out early
+    for data-dependent init without losing them from the stream.
+
+    A resumed run (the Trainer restored ``global_step`` from a checkpoint) skips the batches already trained on;
+    under data parallelism each rank gets its ``batch_size / world_size`` rows of every global batch. Both come
+    from the Trainer when the dataloader is built, so the same module serves every case."""
 
     def __init__(self, source, batch_size: int, steps: int):
         super().__init__()
@@ -55,50 +63,135 @@ class ActivationDataModule(pl.LightningDataModule):
             self._head.append(batch)
         return self._head[:n]
 
-    def _all(self):
-        head, self._head = self._head, []
-        return itertools.islice(itertools.chain(head, self._stream()), self.steps)
+    def batches(self, skip: int = 0, part: tuple[int, int] = (0, 1)):
+        """The training batches after the first ``skip``, this rank's ``part=(rank, world)`` of each."""
+        rank, world = part
+        check_global_batch(self.batch_size, world)
+        if skip == 0 and world == 1:  # the peeked head, then the same stream
+            head, self._head = self._head, []
+            return itertools.islice(itertools.chain(head, self._stream()), self.steps)
+        if {"skip", "part"} <= set(inspect.signature(self.source.train_batches).parameters):
+            return itertools.islice(self.source.train_batches(self.batch_size, skip=skip, part=part),
+                                    self.steps - skip)
+        # a source that cannot skip or shard by itself: replay its stream and slice every batch
+        share = self.batch_size // world
+        return (b[rank * share: (rank + 1) * share]
+                for b in itertools.islice(self.source.train_batches(self.batch_size), skip, self.steps))
 
     def train_dataloader(self):
-        return DataLoader(_Stream(self._all, self.steps), batch_size=None, num_workers=0)
+        trainer = self.trainer
+        skip = trainer.global_step if trainer is not None else 0
+        part = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        # the length stays `steps`: Lightning's restored batch counter continues from `skip`
+        return DataLoader(_Stream(lambda: self.batches(skip, part), self.steps), batch_size=None, num_workers=0)
 
 
 class SAEModule(pl.LightningModule):
     """Trains ``sae``: loss = ‖x − x̂‖² + Σ aux + λ_t·P (see :mod:`saefw.sparsity`; the controller owns λ_t).
 
     Learning rate: linear warmup, constant, linear decay to 0 over the last ``lr_decay_fraction`` of steps.
-    A latent is dead when it has not fired for ``dead_window_tokens`` training tokens."""
+    A latent is dead when it has not fired for ``dead_window_tokens`` training tokens.
+
+    Under data parallelism every rank trains on its part of the global batch; the latents that fired, the batch
+    L0 the controller reads and the logged terms are summed over ranks in one all-reduce per step, so the dead-
+    latent counters and λ_t are identical on every rank (checked when training ends: :meth:`rank_state`)."""
 
     def __init__(self, sae, penalty, controller: SparsityController, train_cfg, total_steps: int):
         super().__init__()
         self.sae, self.penalty, self.controller = sae, penalty, controller
         self.tcfg, self.total_steps = train_cfg, total_steps
         self.register_buffer("tokens_since_fired", torch.zeros(sae.d_sae, dtype=torch.long))
+        self.register_buffer("tokens_trained", torch.zeros((), dtype=torch.long))
+        self.rank_states: list[dict] | None = None
+        # per-rank numbers rank 0 reports for the whole job (e.g. which rank harvested the store): set by run()
+        self.rank_facts = lambda: [0.0]
+        self.gathered_facts: list[list[float]] | None = None
 
     def dead_mask(self) -> torch.Tensor:
         return self.tokens_since_fired >= self.tcfg.dead_window_tokens
 
+    def _world(self) -> int:
+        trainer = self._trainer
+        return trainer.world_size if trainer is not None else 1
+
     def training_step(self, batch, batch_idx):
         x = batch.float() * self.sae.input_scale
-        if not torch.isfinite(x).all():
-            raise SaefwError(f"non-finite activations (NaN/inf) in training batch {batch_idx} (step "
-                             f"{self.global_step}, {(~torch.isfinite(x)).sum().item()} values): not trained "
-                             f"through; checkpoints so far are kept in {self.trainer.default_root_dir}/checkpoints")
         coeff = self.controller.coefficient(self.global_step)
         out = compose_loss(self.sae.train_forward(x, dead_mask=self.dead_mask()), self.penalty, coeff)
+        world = self._world()
         with torch.no_grad():
             active = out.f > 0
-            self.tokens_since_fired += x.shape[0]
-            self.tokens_since_fired[active.any(0)] = 0
-            l0 = active.sum(-1).float().mean()
-            self.controller.update(l0, self.global_step)
-        logs = {"train/loss": out.loss.detach(), "train/l0": l0, "train/coefficient": coeff,
+            fired = active.any(0)
+            stats = {"l0": active.sum(-1).float().mean(), "loss": out.loss.detach(), **out.terms}
+            bad = torch.stack([(~torch.isfinite(x)).sum().float(), (~torch.isfinite(out.loss)).float()])
+            if world > 1:
+                fired, stats, bad = self._all_reduce(fired, stats, bad, world)
+            # one host sync per step: nothing non-finite is trained through (on any rank: all raise together)
+            if bool(bad.any()):
+                self._refuse(x, out, batch_idx, bad)
+            n = x.shape[0] * world
+            self.tokens_since_fired += n
+            self.tokens_since_fired[fired] = 0
+            self.tokens_trained += n
+            self.controller.update(stats["l0"], self.global_step)
+        logs = {"train/loss": stats["loss"], "train/l0": stats["l0"], "train/coefficient": coeff,
                 "train/dead_fraction": self.dead_mask().float().mean(),
-                **{f"train/{k}": v for k, v in out.terms.items()}}
+                **{f"train/{k}": stats[k] for k in out.terms}}
         self.log_dict(logs, prog_bar=False, on_step=True)
-        self.log("l0", l0, prog_bar=True, logger=False)
-        self.log("mse", out.terms["mse_loss"], prog_bar=True, logger=False)
+        self.log("l0", stats["l0"], prog_bar=True, logger=False)
+        self.log("mse", stats["mse_loss"], prog_bar=True, logger=False)
         return out.loss
+
+    def _all_reduce(self, fired, stats: dict, bad, world: int):
+        """Sum ``fired`` (any rank), the per-rank means in ``stats`` (→ global means: every rank trains on the
+        same number of rows) and the non-finite counts over all ranks, in one collective."""
+        values = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=fired.device).reshape(())
+                              for v in stats.values()])
+        packed = torch.cat([fired.float(), values, bad.to(fired.device)])
+        packed = self.trainer.strategy.reduce(packed, reduce_op="sum")
+        d, k = fired.numel(), len(stats)
+        means = packed[d: d + k] / world
+        return packed[:d] > 0, dict(zip(stats, means)), packed[d + k:]
+
+    def _refuse(self, x, out, batch_idx: int, bad) -> None:
+        where = f"{self.trainer.default_root_dir}/checkpoints"
+        n_bad = int((~torch.isfinite(x)).sum())
+        if n_bad:
+            raise SaefwError(f"non-finite activations (NaN/inf) in training batch {batch_idx} (step "
+                             f"{self.global_step}, {n_bad} values): not trained through; checkpoints so far are "
+                             f"kept in {where}")
+        if int(bad[0]):  # another rank's batch
+            raise SaefwError(f"non-finite activations (NaN/inf) in another rank's part of training batch "
+                             f"{batch_idx} (step {self.global_step}): not trained through; checkpoints so far "
+                             f"are kept in {where}")
+        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in out.terms.items())
+        raise SaefwError(f"training diverged at step {self.global_step}: the loss is not finite ({terms}); not "
+                         f"trained through (try a lower train.lr or sparsity coefficient); checkpoints so far "
+                         f"are kept in {where}")
+
+    def rank_state(self) -> torch.Tensor:
+        """What every rank must agree on: the dead-latent counters (sum, a position-weighted sum, dead count),
+        the controller's state and the tokens trained on."""
+        tsf = self.tokens_since_fired.double()
+        weights = torch.arange(1, tsf.numel() + 1, dtype=torch.float64, device=tsf.device)
+        c = self.controller
+        return torch.stack([tsf.sum(), (tsf * weights).sum(), self.dead_mask().sum().double(),
+                            c.log_coefficient.double(), c.l0_ema.double(), c.l0_start.double(),
+                            self.tokens_trained.double()])
+
+    RANK_STATE_KEYS = ("tokens_since_fired_sum", "tokens_since_fired_weighted", "dead", "log_coefficient",
+                       "l0_ema", "l0_start", "tokens_trained")
+
+    def on_train_end(self) -> None:
+        if self._world() == 1:
+            return
+        facts = torch.tensor(self.rank_facts(), dtype=torch.float64, device=self.tokens_trained.device)
+        self.gathered_facts = self.all_gather(facts).cpu().tolist()
+        gathered = self.all_gather(self.rank_state()).cpu()  # [world, k]
+        self.rank_states = [dict(zip(self.RANK_STATE_KEYS, row.tolist())) for row in gathered]
+        rows = torch.nan_to_num(gathered, nan=-1.0)
+        if not all(torch.equal(rows[0], r) for r in rows[1:]):
+            raise SaefwError(f"the ranks disagree on the training state at the end: {self.rank_states}")
 
     def on_before_optimizer_step(self, optimizer):
         if self.sae.unit_norm_decoder:
@@ -124,7 +217,8 @@ class SAEModule(pl.LightningModule):
 
 
 class EvalCallback(pl.Callback):
-    """Runs the evaluators on the held-out split every ``every_n_steps`` optimizer steps."""
+    """Runs the evaluators on the held-out split every ``every_n_steps`` optimizer steps (on global rank 0 only:
+    the other ranks go on to the next step and wait for it there)."""
 
     def __init__(self, source, evaluators, every_n_steps: int, batch_size: int, on_result=None):
         self.source, self.evaluators, self.every = source, evaluators, every_n_steps
@@ -132,7 +226,7 @@ class EvalCallback(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
-        if self.every and step % self.every == 0 and step > 0:
+        if self.every and step % self.every == 0 and step > 0 and trainer.is_global_zero:
             result = run_evaluators(pl_module.sae, self.source, self.evaluators, self.batch_size, final=False)
             if self.on_result:
                 self.on_result(result, step)

@@ -122,3 +122,65 @@ def set_params(module, **tensors) -> None:
 def zero_penalty(s):
     """A stand-in for the "none" penalty, so arch tests do not depend on the penalty plugins."""
     return s.acts.sum() * 0.0
+
+
+def cli_env(**extra: str) -> dict:
+    """The environment ``run_module``/``run_cli`` give the CLI (offline W&B, offline hub, this checkout first)."""
+    return {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+            "HF_HUB_OFFLINE": "1", **extra}
+
+
+def spawn_cli(*args: str, cwd: Path, env: dict | None = None, log: Path | None = None) -> subprocess.Popen:
+    """``python -m saefw args...`` started in the background (output to ``log``), to be killed or waited on."""
+    out = open(log, "w") if log else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "-m", "saefw", *args], cwd=cwd, env=env or cli_env(),
+                            stdout=out, stderr=subprocess.STDOUT)
+
+
+# An l1 SAE plugin that writes down what it trains on: one JSON line per training step (per rank) with a digest
+# of the whole batch and of each row, so tests can check which tokens a run trained on, in which order, on which
+# rank. It is a real local plugin (plugins/ledger.py in the working directory), found by discovery.
+LEDGER_PLUGIN = '''
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+
+from saefw.arch.l1 import L1Config, L1SAE
+from saefw.registry import register
+
+
+@dataclass
+class LedgerConfig(L1Config):
+    ledger_dir: str = "ledger"
+
+
+@register("arch", "ledger_l1", LedgerConfig)
+class LedgerL1SAE(L1SAE):
+    """An l1 SAE that appends a digest of every training batch it sees to <ledger_dir>/rank<r>.jsonl."""
+
+    def train_forward(self, x, dead_mask=None):
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        data = x.detach().cpu().contiguous()
+        line = {"pid": os.getpid(), "batch": hashlib.sha1(data.numpy().tobytes()).hexdigest(),
+                "rows": [hashlib.sha1(r.numpy().tobytes()).hexdigest()[:16] for r in data]}
+        with open(os.path.join(self.cfg.ledger_dir, f"rank{rank}.jsonl"), "a") as fh:
+            fh.write(json.dumps(line) + "\\n")
+        return super().train_forward(x, dead_mask)
+'''
+
+
+def install_ledger(cwd: Path, name: str = "ledger") -> tuple[list[str], Path]:
+    """Put the ledger plugin into ``cwd/plugins``; returns the overrides that train with it and its folder."""
+    (cwd / "plugins").mkdir(exist_ok=True)
+    (cwd / "plugins" / "ledger.py").write_text(LEDGER_PLUGIN)
+    folder = cwd / name
+    folder.mkdir(exist_ok=True)
+    return ["arch=ledger_l1", f"arch.ledger_dir={folder}"], folder
+
+
+def read_ledger(folder: Path, rank: int = 0) -> list[dict]:
+    path = Path(folder) / f"rank{rank}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []

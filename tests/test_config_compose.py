@@ -168,3 +168,12 @@ def test_tradeoff_preset_sweeps_every_builtin_arch_over_one_sparsity_knob(compos
         assert sparsity_target(c) == 16
         assert getattr(build_sae(c, 8, NonePenalty(None)), "k", 16) == 16
     assert sparsity_target(composer("arch=l1")) == entry("arch", "l1").cls.default_target_l0
+
+
+def test_every_launcher_preset_composes(composer):
+    presets = sorted(p.stem for p in (Path(conf_dir()) / "hydra" / "launcher").glob("*.yaml"))
+    assert "slurm" in presets
+    for preset in presets:
+        cfg = compose("config", overrides=[f"hydra/launcher={preset}", "trainer.devices=2"],
+                      return_hydra_config=True)
+        assert OmegaConf.to_container(cfg.hydra.launcher, resolve=True)["tasks_per_node"] == 2

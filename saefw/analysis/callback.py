@@ -25,7 +25,17 @@ class CompareCallback(Callback):
         self.wandb_project = wandb_project
         self.wandb_entity = wandb_entity
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from saefw.hydra_errors import release_stderr
+
+        release_stderr()  # the sweep composed; jobs may run in other processes (submitit)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from saefw.cli import tally_job_dirs
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        if sweep_dir.is_dir():
+            tally_job_dirs(sweep_dir)  # jobs run by an out-of-process launcher count in the exit status too
         if not self.enabled:
             return
         try:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from saefw.analysis.tradeoff import Tradeoff, frontier_metric, number
 from saefw.errors import SaefwError
+from saefw.wandb_mode import effective_mode
 
 MODES = ("offline", "online", "disabled")
 
@@ -35,17 +36,18 @@ def log_compare_run(table: Tradeoff, out_dir: Path, settings: WandbSettings, gro
     """Log the table and figure; returns the local run dir (None when W&B is disabled)."""
     if settings.mode not in MODES:
         raise SaefwError(f"wandb.mode={settings.mode!r} is invalid; valid: {', '.join(MODES)}")
-    if settings.mode == "disabled":
+    mode = effective_mode(settings.mode)  # online without a key or a network: offline, never a login prompt
+    if mode == "disabled":
         return None
     os.environ.setdefault("WANDB_SILENT", "true")
-    if settings.mode == "offline":
+    if mode == "offline":
         os.environ["WANDB_MODE"] = "offline"  # never a login prompt
     import wandb
 
     out_dir = Path(out_dir)
     run = wandb.init(project=settings.project, entity=settings.entity, group=settings.group or group,
                      job_type="compare", name=f"compare-{settings.group or group}", dir=str(out_dir),
-                     mode=settings.mode, reinit="create_new",
+                     mode=mode, reinit="create_new",
                      config={"jobs": len(table.rows), "failed": len(table.failed_rows()),
                              "sweeps": sorted({r["sweep"] for r in table.rows})})
     try:

@@ -1,6 +1,7 @@
 """Activations of a ``transformers`` causal LM over a text corpus, read from the activation store (or live)."""
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -18,10 +19,12 @@ from saefw.atomic import write_json
 from saefw.corpus import Corpus, split_documents
 from saefw.errors import SaefwError
 from saefw.harvest import fill_stores
-from saefw.lm import LanguageModel, model_digest
+from saefw.distributed import local_device
+from saefw.lm import LanguageModel, check_layer_site, d_model_of, hook_name, load_config, model_digest, n_layers_of
 from saefw.registry import register
 from saefw.sources.base import ActivationSource, RunSpec
-from saefw.store import DTYPES, ActivationStore, StoreKey, default_root
+from saefw.sources.shuffle import Chunk, ShuffleBuffer
+from saefw.store import DTYPES, ActivationStore, Manifest, StoreKey, default_root
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +45,10 @@ class HFSourceConfig:
     # tokens put the standard error of ce_loss_recovered near 0.005 on SmolLM2 (see the README).
     eval_contexts: int = 128
     eval_doc_fraction: float = 0.05  # documents (by a hash of their text) held out from training
-    device: str = "auto"  # auto → cuda when available
+    device: str = "auto"  # auto → this rank's GPU when CUDA is available (cuda:<local rank>), else cpu
     dtype: str = "float32"  # the model's dtype
     local_files_only: bool = True  # no network at run time; a hub cache or local dir still works
+    trust_remote_code: bool = False  # run a hub model's own Python code (only for checkpoints you trust)
     store: bool = True  # harvest once into the activation store and share it (false: harvest live every run)
     store_dtype: str = "float32"  # float32 | bfloat16 | float16 (half the disk and reading time)
     store_dir: str | None = None  # default: $SAEFW_CACHE/stores (~/.cache/saefw/stores)
@@ -61,7 +65,10 @@ class HFActivationSource(ActivationSource):
     (:mod:`saefw.store`): the first run with a key harvests, every later run reads. Training batches come from
     the first ``⌈train_tokens / shard⌉`` shards, read in a seeded random order through a shuffle buffer of
     ``buffer_tokens`` (serve half, keep half), so memory stays flat in the budget and a run's data does not
-    depend on whether the store was already there."""
+    depend on whether the store was already there.
+
+    The model's weights are loaded when first needed (harvesting, live mode, evaluation): a data-parallel rank
+    that only reads a finished store never loads them."""
 
     needs_model = True
 
@@ -71,14 +78,27 @@ class HFActivationSource(ActivationSource):
             raise SaefwError(f"source.store_dtype={cfg.store_dtype!r} is invalid; choices: {', '.join(DTYPES)}")
         if cfg.context_size < 3:
             raise SaefwError(f"source.context_size={cfg.context_size} is too small; it must be at least 3")
+        if not isinstance(getattr(torch, cfg.dtype, None), torch.dtype):
+            raise SaefwError(f"source.dtype={cfg.dtype!r} is not a torch dtype; e.g. float32, bfloat16, float16")
+        self.device = cfg.device if cfg.device != "auto" else local_device()
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise SaefwError(f"source.device={cfg.device} but no CUDA GPU is visible here; valid: cpu, auto")
         self.corpus = Corpus(cfg.corpus, cfg.corpus_text_field, cfg.corpus_split, cfg.corpus_config)
-        device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        self.lm = LanguageModel(cfg.model, cfg.layer, cfg.site, device=device, dtype=getattr(torch, cfg.dtype),
-                                local_files_only=cfg.local_files_only)
-        self.d_in = self.lm.d_model
+        _, config = load_config(cfg.model, cfg.local_files_only, cfg.trust_remote_code)
+        check_layer_site(cfg.model, n_layers_of(config), cfg.layer, cfg.site)
+        self._lm: LanguageModel | None = None
+        self.d_in = d_model_of(config)
         self.tokens_per_context = cfg.context_size - 1
         self.harvest_seconds = 0.0
         self.store_status = "off"
+
+    @property
+    def lm(self) -> LanguageModel:
+        if self._lm is None:
+            c = self.cfg
+            self._lm = LanguageModel(c.model, c.layer, c.site, device=self.device, dtype=getattr(torch, c.dtype),
+                                     local_files_only=c.local_files_only, trust_remote_code=c.trust_remote_code)
+        return self._lm
 
     # --- documents and stores ---
     def documents(self, heldout: bool) -> Callable[[], Iterator[str]]:
@@ -110,13 +130,19 @@ class HFActivationSource(ActivationSource):
         self.prepare_keys()
         self.train_store, = self.stores("train")
         self.eval_store, = self.stores("heldout")
-        reports = [fill_stores(self.lm, [self.train_store], self.documents(False), self.spec.train_tokens,
+        reports = [fill_stores(lambda: self.lm, [self.train_store], self.documents(False), self.spec.train_tokens,
                                c.shard_contexts, c.forward_batch_size, desc="harvesting train split"),
-                   fill_stores(self.lm, [self.eval_store], self.documents(True),
+                   fill_stores(lambda: self.lm, [self.eval_store], self.documents(True),
                                c.eval_contexts * self.tokens_per_context, c.shard_contexts, c.forward_batch_size,
                                desc="harvesting held-out split")]
         self.harvest_seconds = sum(r.seconds for r in reports)
         self.store_status = "miss" if any(r.tokens for r in reports) else "hit"  # what this run paid for
+        for store, what, wanted in ((self.train_store, "training", self.spec.train_tokens),
+                                    (self.eval_store, "held-out", c.eval_contexts)):
+            if wanted and not (store.manifest() or Manifest(key={}, d=0)).n_tokens:
+                raise SaefwError(f"corpus={c.corpus!r} has no {what} text: not one context of {c.context_size} "
+                                 f"tokens among its {what} documents (source.eval_doc_fraction="
+                                 f"{c.eval_doc_fraction} of the documents are held out)")
         m = self.eval_store.manifest()
         self.eval_tokens = torch.cat([self.eval_store.read_tokens(i, m) for i in range(len(m.shards))])
         self.eval_tokens = self.eval_tokens[: c.eval_contexts]
@@ -125,29 +151,35 @@ class HFActivationSource(ActivationSource):
                         c.eval_contexts)
 
     # --- serving ---
-    def _live_chunks(self) -> Iterator[Tensor]:
-        """Live mode: harvest the training split chunk by chunk, in corpus order."""
+    def _live_chunks(self) -> Iterator[Chunk]:
+        """Live mode: the training split in corpus order, tokenised now and harvested when a chunk is read."""
         for contexts in self.lm.iter_contexts(self.documents(False)(), self.cfg.context_size,
                                               chunk=self.cfg.shard_contexts):
-            t0 = time.time()
-            acts = [self.lm.activations(b)[:, 1:] for b in contexts.split(self.cfg.forward_batch_size)]
-            self.harvest_seconds += time.time() - t0
-            yield torch.cat(acts).reshape(-1, self.d_in).float()
+            yield Chunk(contexts.shape[0] * self.tokens_per_context, functools.partial(self._harvest, contexts))
 
-    def _store_chunks(self, generator: torch.Generator) -> Iterator[Tensor]:
-        """Store mode: the shards this run's budget covers, in a seeded random order."""
+    def _harvest(self, contexts: Tensor) -> Tensor:
+        t0 = time.time()
+        acts = [self.lm.activations(b)[:, 1:] for b in contexts.split(self.cfg.forward_batch_size)]
+        self.harvest_seconds += time.time() - t0
+        return torch.cat(acts).reshape(-1, self.d_in).float()
+
+    def _store_chunks(self, generator: torch.Generator) -> Iterator[Chunk]:
+        """Store mode: the shards this run's budget covers, in a seeded random order (read when a chunk is)."""
         m = self.train_store.manifest()
         n = min(len(m.shards), math.ceil(self.spec.train_tokens / (m.shards[0].n_tokens or 1)))
         for i in torch.randperm(n, generator=generator).tolist():
-            yield self.train_store.read(i, m)
+            yield Chunk(m.shards[i].n_tokens, functools.partial(self.train_store.read, i, m))
 
-    def train_batches(self, batch_size: int) -> Iterator[Tensor]:
-        """Exactly ``spec.train_tokens // batch_size`` shuffled batches."""
-        return itertools.islice(self._shuffled(batch_size), self.spec.train_tokens // batch_size)
+    def train_batches(self, batch_size: int, skip: int = 0, part: tuple[int, int] = (0, 1)) -> Iterator[Tensor]:
+        """Exactly ``spec.train_tokens // batch_size`` shuffled batches, less the first ``skip`` (a resumed run);
+        with ``part=(rank, world)`` this rank's ``batch_size // world`` rows of each (see
+        :mod:`saefw.sources.shuffle`). Skipped batches are never read from the store."""
+        return itertools.islice(self._shuffled(batch_size, skip, part),
+                                max(0, self.spec.train_tokens // batch_size - skip))
 
-    def _shuffled(self, batch_size: int) -> Iterator[Tensor]:
+    def _shuffled(self, batch_size: int, skip: int, part: tuple[int, int]) -> Iterator[Tensor]:
         g = torch.Generator().manual_seed(self.spec.seed)
-        buffer = torch.empty(0, self.d_in)
+        buffer = ShuffleBuffer(self.d_in, skip)
         for epoch in itertools.count():
             if epoch == 1:
                 log.warning("the budget (%d tokens) exceeds the corpus's training split: reusing text (epoch 2+)",
@@ -155,13 +187,13 @@ class HFActivationSource(ActivationSource):
             n_chunks = 0
             for chunk in (self._store_chunks(g) if self.cfg.store else self._live_chunks()):
                 n_chunks += 1
-                buffer = torch.cat([buffer, chunk])
+                buffer.add(chunk)
                 if len(buffer) >= self.cfg.buffer_tokens:
-                    buffer = yield from _serve(buffer, len(buffer) // 2, batch_size, g)  # keep half to mix
+                    yield from buffer.serve(len(buffer) // 2, batch_size, g, part)  # keep half to mix
             if n_chunks == 0:
                 raise SaefwError(f"corpus={self.cfg.corpus!r} has no training text (after holding out "
                                  f"{self.cfg.eval_doc_fraction:.0%} of its documents)")
-            buffer = yield from _serve(buffer, len(buffer), batch_size, g)  # end of an epoch: serve it all
+            yield from buffer.serve(len(buffer), batch_size, g, part)  # end of an epoch: serve it all
 
     def eval_batches(self, batch_size: int) -> Iterator[Tensor]:
         """The held-out activations, context-aligned: each batch holds whole contexts (``tokens_per_context``
@@ -197,14 +229,6 @@ class HFActivationSource(ActivationSource):
 
     def describe(self) -> dict:
         c = self.cfg  # SAELens's metadata names, so the saved cfg.json reads as SAELens's
-        return {"model_name": c.model, "hook_name": self.lm.hook_name, "hook_layer": c.layer, "site": c.site,
+        return {"model_name": c.model, "hook_name": hook_name(c.layer, c.site), "hook_layer": c.layer, "site": c.site,
                 "context_size": c.context_size, "dataset_path": c.corpus, "prepend_bos": True}
 
-
-def _serve(buffer: Tensor, n: int, batch_size: int, generator: torch.Generator):
-    """Shuffle ``buffer``, yield the whole batches among its first ``n`` rows, return the rest."""
-    buffer = buffer[torch.randperm(len(buffer), generator=generator)]
-    end = (n // batch_size) * batch_size
-    for j in range(0, end, batch_size):
-        yield buffer[j: j + batch_size]
-    return buffer[end:]

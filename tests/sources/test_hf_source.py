@@ -68,3 +68,27 @@ def test_live_mode_serves_the_same_activations_without_a_store(tiny_model):
     stored = _source(tiny_model)
     torch.testing.assert_close(torch.cat(list(live.eval_batches(64))), torch.cat(list(stored.eval_batches(64))))
     assert len(list(live.train_batches(100))) == 30
+
+
+def test_resumed_and_sharded_streams_are_slices_of_the_one_process_stream(tiny_model, monkeypatch):
+    """``train_batches(skip=k, part=(r, n))``: batch k onwards of the plain stream, rank r's n-th of each; the
+    store shards whose rows were all served before the resume point are never read."""
+    for store in (True, False):
+        src = _source(tiny_model, total_tokens=5000, store=store)
+        full = list(src.train_batches(100))
+        assert len(full) == 50
+        for skip in (1, 13, 27, 49, 50):
+            resumed = list(src.train_batches(100, skip=skip))
+            assert len(resumed) == 50 - skip and all(torch.equal(a, b) for a, b in zip(resumed, full[skip:]))
+        halves = [list(src.train_batches(100, skip=5, part=(r, 2))) for r in (0, 1)]
+        assert all(torch.equal(torch.cat([a, b]), whole) for a, b, whole in zip(*halves, full[5:]))
+    reads = []
+    src = _source(tiny_model, total_tokens=5000, context_size=12, shard_contexts=4)  # 44-token shards: many
+    original = type(src.train_store).read
+    monkeypatch.setattr(type(src.train_store), "read", lambda self, i, m=None: reads.append(i) or original(self, i, m))
+    list(src.train_batches(100))
+    n_shards = len(reads)
+    reads.clear()
+    list(src.train_batches(100, skip=45))
+    print(f"resuming at batch 45 of 50 read {len(reads)} of {n_shards} shards")
+    assert len(reads) == len(set(reads)) and len(reads) < n_shards / 2

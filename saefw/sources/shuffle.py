@@ -1,0 +1,97 @@
+"""The shuffle buffer between activation chunks (store shards, live harvests) and training batches.
+
+Chunks are added to the buffer; when it is full, a seeded permutation of its rows is drawn and the whole batches
+among the first ``n`` permuted rows are served; the rest stay to mix with the next chunks. The generator is
+consumed by ``randperm(len(buffer))`` only, so the sequence of permutations depends on the chunk *lengths*, never
+on their contents. That makes two things cheap:
+
+* **resuming** (``skip`` batches already trained on): while skipping, the buffer holds row *ids* instead of rows
+  and chunks are not read. Shuffling the ids draws exactly the permutations that shuffling the rows would, so at
+  the resume point the ids name exactly the rows an unskipped stream would hold; only the chunks that still have
+  rows waiting are read then (a few, whatever the skipped length).
+* **data parallelism** (``part=(rank, world)``): every rank draws the same permutations and serves rows
+  ``[rank·B/world, (rank+1)·B/world)`` of every global batch of ``B`` rows, gathering only those rows. The ranks
+  together see each global batch exactly once, as a one-process run would.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Chunk:
+    """``n`` rows that ``load()`` returns as a float tensor [n, d] (a store shard, a live harvest)."""
+
+    n: int
+    load: Callable[[], Tensor]
+
+
+class ShuffleBuffer:
+    """Rows waiting to be served (see the module docstring). ``skip``: global batches to pass over first."""
+
+    def __init__(self, d: int, skip: int = 0):
+        self.d, self.skip = d, skip
+        self.rows = torch.empty(0, d)
+        # while skipping: ids of the waiting rows, and the chunks they come from as (first id, chunk)
+        self.ids = torch.empty(0, dtype=torch.long)
+        self.chunks: list[tuple[int, Chunk]] = []
+        self.next_id = 0
+
+    def __len__(self) -> int:
+        return len(self.ids) if self.skip else len(self.rows)
+
+    def add(self, chunk: Chunk) -> None:
+        if self.skip:
+            self.ids = torch.cat([self.ids, torch.arange(self.next_id, self.next_id + chunk.n)])
+            self.chunks.append((self.next_id, chunk))
+            self.next_id += chunk.n
+        else:
+            self.rows = torch.cat([self.rows, chunk.load()])
+
+    def serve(self, n: int, batch_size: int, generator: torch.Generator,
+              part: tuple[int, int] = (0, 1)) -> Iterator[Tensor]:
+        """Permute the buffer, serve this rank's part of each whole batch among the first ``n`` rows (minus any
+        still to skip), keep the rest."""
+        perm = torch.randperm(len(self), generator=generator)
+        n_batches = n // batch_size
+        end = n_batches * batch_size
+        first = 0
+        if self.skip:
+            if self.skip >= n_batches:  # the whole serve was trained on already: no chunk is read
+                self.skip -= n_batches
+                self.ids = self.ids[perm[end:]]
+                if self.skip:
+                    self._forget_unused_chunks()
+                else:  # resuming right after this serve: the rows waiting are needed from here on
+                    self.rows = self._materialise()
+                return
+            first, self.skip = self.skip, 0
+            self.ids = self.ids[perm]  # the rows in served order (as ``rows[perm]`` below would have them)
+            self.rows, perm = self._materialise(), torch.arange(len(perm))
+        rank, world = part
+        share = batch_size // world
+        for j in range(first, n_batches):
+            start = j * batch_size + rank * share
+            yield self.rows[perm[start: start + share]]
+        self.rows = self.rows[perm[end:]]
+
+    def _forget_unused_chunks(self) -> None:
+        if not self.chunks:
+            return
+        starts = torch.tensor([s for s, _ in self.chunks])
+        used = set(torch.bucketize(self.ids, starts, right=True).sub_(1).unique().tolist())
+        self.chunks = [c for i, c in enumerate(self.chunks) if i in used]
+
+    def _materialise(self) -> Tensor:
+        """The rows named by ``ids``, reading each chunk that still has rows waiting (once)."""
+        rows = torch.empty(len(self.ids), self.d)
+        for start, chunk in self.chunks:
+            mask = (self.ids >= start) & (self.ids < start + chunk.n)
+            if mask.any():
+                rows[mask] = chunk.load()[self.ids[mask] - start]
+        self.ids, self.chunks = torch.empty(0, dtype=torch.long), []
+        return rows
