@@ -13,7 +13,7 @@ from saefw.evals.base import run_evaluators, usable
 from saefw.io import save_sae
 from saefw.plan import RunPlan
 from saefw.registry import FAMILIES, build, discover, entry
-from saefw.report import Reporter, print_summary
+from saefw.report import PhaseTimer, Reporter, print_summary
 from saefw.sources.base import RunSpec
 
 log = logging.getLogger("saefw")
@@ -66,7 +66,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     import pytorch_lightning as pl
 
     from saefw.sparsity import SparsityController
-    from saefw.train import ActivationDataModule, SAEModule
+    from saefw.train import ActivationDataModule, EvalCallback, SAEModule
 
     discover()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -81,14 +81,19 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         torch.set_num_threads(cfg.threads)
 
     # plugins and data
-    source = build("source", cfg.source, spec=RunSpec(seed=cfg.seed, train_tokens=plan.tokens))
+    timer = PhaseTimer()
+    with timer("model_load"):  # building an LM source loads its model
+        source = build("source", cfg.source, spec=RunSpec(seed=cfg.seed, train_tokens=plan.tokens))
     penalty = build("penalty", cfg.penalty)
     sae = build_sae(cfg, source.d_in, penalty)
     evaluators = build_evaluators(cfg, source)
-    source.setup()
+    with timer("data_setup"):  # fingerprints, store check, harvest (split out below)
+        source.setup()
+    timer.split("data_setup", "harvest", source.harvest_seconds)
     data = ActivationDataModule(source, plan.batch_size, plan.steps)
-    head = torch.cat([b.float() for b in data.peek(cfg.train.init_batches)])
-    sae.initialize_from_data(head)
+    with timer("init"):
+        head = torch.cat([b.float() for b in data.peek(cfg.train.init_batches)])
+        sae.initialize_from_data(head)
 
     # training
     controller = SparsityController(cfg.sparsity, getattr(penalty.cfg, "coefficient", 0.0), cfg.target_l0,
@@ -103,7 +108,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     trainer = _trainer(cfg, plan, run_dir, source, evaluators, reporter)
     data_record = {"activation_store": source.store_status}
     try:
-        trainer.fit(module, datamodule=data)
+        with timer("train"):
+            trainer.fit(module, datamodule=data)
     except SystemExit:
         # Lightning turns Ctrl-C into SystemExit after its own teardown: keep what was learned before leaving
         if not trainer.interrupted:
@@ -111,23 +117,28 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         save_sae(sae, run_dir, provenance)
         last = reporter.history[-1] if reporter.history else {}
         reporter.write(reporter.record(last, trainer.global_step, trainer.global_step * plan.batch_size, True,
-                                       **data_record, harvest_seconds=round(source.harvest_seconds, 1)),
+                                       **data_record, harvest_seconds=round(source.harvest_seconds, 1),
+                                       timings=timer.seconds),
                        status="interrupted")
         print(f"\ninterrupted at step {trainer.global_step}: SAE saved to {run_dir} "
               f"(last checkpoint in {run_dir / 'checkpoints'})", flush=True)
         raise SystemExit(130) from None
     train_seconds = reporter.elapsed()
+    timer.split("train", "periodic_evaluate",
+                sum(cb.seconds for cb in trainer.callbacks if isinstance(cb, EvalCallback)))
 
     # evaluation: on the device it trained on (Lightning's teardown moved it to the CPU)
-    sae.to(trainer.strategy.root_device)
-    sae.finalize_for_inference(iter((head * sae.input_scale.cpu()).split(plan.batch_size)))
-    metrics = run_evaluators(sae, source, evaluators, cfg.train.eval_batch_size)
-    metrics["dead_fraction"] = module.dead_mask().float().mean().item()
+    with timer("evaluate"):
+        sae.to(trainer.strategy.root_device)
+        sae.finalize_for_inference(iter((head * sae.input_scale.cpu()).split(plan.batch_size)))
+        metrics = run_evaluators(sae, source, evaluators, cfg.train.eval_batch_size)
+        metrics["dead_fraction"] = module.dead_mask().float().mean().item()
     reporter.log_eval(metrics, trainer.global_step, periodic=False)
-    save_sae(sae, run_dir, provenance)
+    with timer("save"):
+        save_sae(sae, run_dir, provenance)
     record = reporter.record(metrics, trainer.global_step, plan.tokens, False, **data_record,
                              harvest_seconds=round(source.harvest_seconds, 1), train_seconds=round(train_seconds, 1),
-                             final_coefficient=controller.coefficient(plan.steps))
+                             final_coefficient=controller.coefficient(plan.steps), timings=timer.seconds)
     reporter.write(record, metrics)
     print_summary(record, run_dir)
     return record

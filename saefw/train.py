@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 import warnings
 
 import pytorch_lightning as pl
@@ -169,11 +170,14 @@ class EvalCallback(pl.Callback):
     def __init__(self, source, evaluators, every_n_steps: int, batch_size: int, on_result=None):
         self.source, self.evaluators, self.every = source, evaluators, every_n_steps
         self.batch_size, self.on_result = batch_size, on_result
+        self.seconds = 0.0  # spent evaluating (reported apart from training in metrics.json's timings)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
         if self.every and step % self.every == 0 and step > 0:
+            t0 = time.perf_counter()
             result = run_evaluators(pl_module.sae, self.source, self.evaluators, self.batch_size, final=False)
+            self.seconds += time.perf_counter() - t0
             if self.on_result:
                 self.on_result(result, step)
 

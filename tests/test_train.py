@@ -78,3 +78,18 @@ def test_metrics_logged_at_the_logging_interval(tmp_path):
         assert 0 <= float(r["train/l0"]) <= 24 and float(r["train/coefficient"]) > 0
     # the dead-latent counters advanced every step (10 steps × 32 tokens for a latent that never fired)
     assert int(module.tokens_since_fired.max()) <= 320
+
+
+def test_run_records_where_its_time_went(trained_runs):
+    """metrics.json's ``timings``: seconds per phase of the real CLI run, together within its wall time."""
+    import json
+
+    for arch in ("l1", "topk"):
+        record = json.loads((trained_runs[arch] / "metrics.json").read_text())
+        t = record["timings"]
+        assert set(t) == {"model_load", "data_setup", "harvest", "init", "train", "periodic_evaluate", "evaluate",
+                          "save"}
+        assert all(v >= 0 for v in t.values()) and t["train"] > 0 and t["model_load"] > 0
+        # the reporter's clock (wall_seconds) starts after the data is set up
+        after = t["train"] + t["periodic_evaluate"] + t["evaluate"] + t["save"]
+        assert after <= record["wall_seconds"] + 0.5
