@@ -28,18 +28,21 @@ DENSE_FLOP_PER_TOKEN = 10  # × d_in·d_sae: 2 forward matmuls + 3 backward (∇
 
 
 def matmul_peak(d_in: int, d_sae: int, batch: int, reps: int = 4) -> float:
-    """GFLOP/s of the five dense-step matmuls at these shapes (median of ``reps`` timings after one warm-up)."""
+    """GFLOP/s of the five dense-step matmuls at these shapes, into preallocated outputs (so no allocation or page
+    fault is timed: the machine's matmul alone); median of ``reps`` timings after one warm-up."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, d_in, generator=g)
     w_enc = torch.randn(d_in, d_sae, generator=g) / d_in ** 0.5
     w_dec = torch.randn(d_sae, d_in, generator=g) / d_sae ** 0.5
+    f, gf = torch.empty(batch, d_sae), torch.empty(batch, d_sae)
+    x_hat, g_dec, g_enc = torch.empty(batch, d_in), torch.empty(d_sae, d_in), torch.empty(d_in, d_sae)
 
     def step():
-        f = x @ w_enc
-        x_hat = f @ w_dec
-        _ = f.t() @ x_hat  # ∇W_dec = fᵀ·g
-        gf = x_hat @ w_dec.t()  # ∇f = g·W_decᵀ
-        _ = x.t() @ gf  # ∇W_enc = xᵀ·∇z
+        torch.mm(x, w_enc, out=f)
+        torch.mm(f, w_dec, out=x_hat)
+        torch.mm(f.t(), x_hat, out=g_dec)  # ∇W_dec = fᵀ·g
+        torch.mm(x_hat, w_dec.t(), out=gf)  # ∇f = g·W_decᵀ
+        torch.mm(x.t(), gf, out=g_enc)  # ∇W_enc = xᵀ·∇z
 
     step()
     times = []

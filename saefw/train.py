@@ -96,7 +96,7 @@ class SAEModule(pl.LightningModule):
     def _watch_finite(self, x: torch.Tensor, batch_idx: int) -> None:
         """Record (on the device) the first batch whose activations hold NaN/inf; check it on the host now on
         the CPU, at logging steps elsewhere."""
-        n_bad = torch.isfinite(x).logical_not_().sum()
+        n_bad = x.numel() - torch.count_nonzero(torch.isfinite(x))
         first = (n_bad > 0) & (self._nonfinite[0] < 0)
         # full_like fills on the device (a host→device copy of a CPU tensor would wait for the device)
         now = torch.stack([torch.full_like(n_bad, self.global_step), torch.full_like(n_bad, batch_idx), n_bad])

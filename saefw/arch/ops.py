@@ -87,12 +87,13 @@ def as_dense(f: Tensor | SparseLatents) -> Tensor:
 
 
 def firing_stats(f: Tensor | SparseLatents) -> tuple[Tensor, Tensor]:
-    """(fired [d_sae] bool, l0 = mean #{i : f_i > 0} per token) of a batch of latents, dense or sparse, with one
-    pass over a dense ``f`` and no host synchronisation."""
+    """(fired [d_sae] bool, l0 = mean #{i : f_i > 0} per token) of a batch of latents, dense or sparse, without a
+    host synchronisation. Dense: fired = max over tokens > 0 and a count of the positive entries (two cheap passes;
+    a per-latent count would cast a B × d_sae bool matrix to integers, 3x slower)."""
     if isinstance(f, SparseLatents):
         return f.firing()
-    counts = (f.detach() > 0).sum(0)
-    return counts > 0, counts.sum().float() / f.shape[0]
+    f = f.detach()
+    return f.amax(0) > 0, torch.count_nonzero(f > 0).float() / f.shape[0]
 
 
 def row_entries(indices: Tensor) -> tuple[Tensor, Tensor]:
