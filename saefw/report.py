@@ -7,6 +7,7 @@ import os
 import secrets
 import string
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -17,6 +18,29 @@ from saefw.wandb_mode import effective_mode, fall_back
 
 SUMMARY_KEYS = ("l0", "explained_variance", "ce_loss_recovered", "ce_delta", "kl_div", "dead_fraction",
                 "shrinkage", "mmcs")
+
+
+class PhaseTimer:
+    """Wall-clock seconds per phase of a run (``with timer("train"): ...``), recorded in metrics.json as ``timings``
+    so a user sees where a run's time went: model_load, data_setup, harvest, init, train, periodic_evaluate,
+    evaluate, save."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 2)
+
+    def split(self, whole: str, part: str, seconds: float) -> None:
+        """Move ``seconds`` of phase ``whole`` into its own phase ``part`` (e.g. harvesting inside data setup)."""
+        seconds = min(max(seconds, 0.0), self.seconds.get(whole, 0.0))
+        self.seconds[part] = round(seconds, 2)
+        self.seconds[whole] = round(self.seconds.get(whole, 0.0) - seconds, 2)
 
 
 def scalars(metrics: dict) -> dict[str, float]:

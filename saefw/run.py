@@ -17,7 +17,7 @@ from saefw.io import save_sae
 from saefw.penalties.base import PenaltyConfig
 from saefw.plan import RunPlan
 from saefw.registry import FAMILIES, build, discover, entry
-from saefw.report import Reporter, print_summary
+from saefw.report import PhaseTimer, Reporter, print_summary
 from saefw.sources.base import RunSpec
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     from saefw.checkpoint import check_identity
     from saefw.distributed import check_accelerator, check_global_batch, end_process_group, is_global_zero
     from saefw.sparsity import SparsityController
-    from saefw.train import ActivationDataModule, SAEModule
+    from saefw.train import ActivationDataModule, EvalCallback, SAEModule
 
     discover()
     zero = is_global_zero()
@@ -126,14 +126,19 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         torch.set_num_threads(cfg.threads)
 
     # plugins and data
-    source = build("source", cfg.source, spec=RunSpec(seed=cfg.seed, train_tokens=plan.tokens))
+    timer = PhaseTimer()
+    with timer("model_load"):  # building an LM source loads its model
+        source = build("source", cfg.source, spec=RunSpec(seed=cfg.seed, train_tokens=plan.tokens))
     penalty = build("penalty", cfg.penalty)
     sae = build_sae(cfg, source.d_in, penalty)
     evaluators = build_evaluators(cfg, source) if zero else []  # only rank 0 evaluates
-    source.setup()
+    with timer("data_setup"):  # fingerprints, store check, harvest (split out below)
+        source.setup()
+    timer.split("data_setup", "harvest", source.harvest_seconds)
     data = ActivationDataModule(source, plan.batch_size, plan.steps)
-    head = torch.cat([b.float() for b in data.peek(cfg.train.init_batches)])
-    sae.initialize_from_data(head)  # a resumed run then loads the checkpoint's weights over it
+    with timer("init"):
+        head = torch.cat([b.float() for b in data.peek(cfg.train.init_batches)])
+        sae.initialize_from_data(head)  # a resumed run then loads the checkpoint's weights over it
 
     # training
     penalised = isinstance(penalty.cfg, PenaltyConfig)  # the top-k archs' "none" penalty has no λ
@@ -151,12 +156,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if resume is not None:
         check_identity(resume, identity)
     reporter = Reporter(cfg, run_dir, {**{k: v for k, v in identity.items() if k not in ("steps", "batch_size")},
-                                       "target_l0": target}, write=zero, resume_state=resume.state if resume else None, resume_step=resume.step if resume else None)
+                                       "target_l0": target}, write=zero, resume_state=resume.state if resume else None,
+                        resume_step=resume.step if resume else None)
     trainer = _trainer(cfg, plan, run_dir, source, evaluators, reporter, identity)
     check_global_batch(plan.batch_size, trainer.world_size)  # before any other rank is started
     data_record = {"activation_store": source.store_status}
     try:
-        trainer.fit(module, datamodule=data, ckpt_path=str(resume.path) if resume else None, weights_only=True)
+        with timer("train"):
+            trainer.fit(module, datamodule=data, ckpt_path=str(resume.path) if resume else None,
+                        weights_only=True)
     except SystemExit:
         # Lightning turns Ctrl-C into SystemExit after its own teardown: keep what was learned before leaving
         if not trainer.interrupted:
@@ -165,7 +173,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             save_sae(sae, run_dir, provenance)
             last = reporter.history[-1] if reporter.history else {}
             reporter.write(reporter.record(last, trainer.global_step, trainer.global_step * plan.batch_size, True,
-                                           **data_record, harvest_seconds=round(source.harvest_seconds, 1)),
+                                           **data_record, harvest_seconds=round(source.harvest_seconds, 1),
+                                           timings=timer.seconds),
                            status="interrupted")
             print(f"\ninterrupted at step {trainer.global_step}: SAE saved to {run_dir}; run the same command "
                   f"with hydra.run.dir={run_dir} to resume from its last checkpoint", flush=True)
@@ -175,14 +184,18 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if not trainer.is_global_zero:
         return {}
     train_seconds = reporter.elapsed()
+    timer.split("train", "periodic_evaluate",
+                sum(cb.seconds for cb in trainer.callbacks if isinstance(cb, EvalCallback)))
 
     # evaluation: on the device it trained on (Lightning's teardown moved it to the CPU)
-    sae.to(trainer.strategy.root_device)
-    sae.finalize_for_inference(iter((head * sae.input_scale.cpu()).split(plan.batch_size)))
-    metrics = run_evaluators(sae, source, evaluators, cfg.train.eval_batch_size)
-    metrics["dead_fraction"] = module.dead_mask().float().mean().item()
+    with timer("evaluate"):
+        sae.to(trainer.strategy.root_device)
+        sae.finalize_for_inference(iter((head * sae.input_scale.cpu()).split(plan.batch_size)))
+        metrics = run_evaluators(sae, source, evaluators, cfg.train.eval_batch_size)
+        metrics["dead_fraction"] = module.dead_mask().float().mean().item()
     reporter.log_eval(metrics, trainer.global_step, periodic=False)
-    save_sae(sae, run_dir, provenance)
+    with timer("save"):
+        save_sae(sae, run_dir, provenance)
     ranks = {"world_size": trainer.world_size}
     if module.rank_states is not None:
         ranks["rank_state"] = module.rank_states
@@ -194,7 +207,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                              harvest_seconds=round(source.harvest_seconds, 1), train_seconds=round(train_seconds, 1),
                              final_coefficient=controller.coefficient(plan.steps),
                              tokens_trained=int(module.tokens_trained), resumed_from=resume.step if resume else None,
-                             **ranks)
+                             timings=timer.seconds, **ranks)
     reporter.write(record, metrics)
     print_summary(record, run_dir)
     return record

@@ -57,32 +57,48 @@ class SparsityController(nn.Module):
                  active: bool = True):
         super().__init__()
         self.cfg, self.target, self.total_steps, self.active = cfg, target_l0, total_steps, active
+        # log λ only moves by finite steps, so whether it is finite is known from the start (no host sync to ask)
+        self._finite = initial > 0
         self.register_buffer("log_coefficient", torch.tensor(math.log(initial) if initial > 0 else -math.inf))
         self.register_buffer("l0_ema", torch.tensor(float("nan")))
         self.register_buffer("l0_start", torch.tensor(float("nan")))
 
     @property
     def adapting(self) -> bool:
-        return self.active and self.target is not None and math.isfinite(self.log_coefficient.item())
+        return self.active and self.target is not None and self._finite
 
     def _warm_steps(self) -> float:
         return self.cfg.warmup_fraction * self.total_steps
+
+    def _ramp(self, step: int) -> float:
+        warm = self._warm_steps()
+        return min(1.0, (step + 1) / warm) if warm >= 1 else 1.0
 
     def coefficient(self, step: int) -> float:
         """λ_t (0 for archs without a penalty)."""
         if not self.active:
             return 0.0
-        warm = self._warm_steps()
-        ramp = min(1.0, (step + 1) / warm) if warm >= 1 else 1.0
-        return math.exp(self.log_coefficient.item()) * ramp
+        return math.exp(self.log_coefficient.item()) * self._ramp(step)
+
+    def coefficient_tensor(self, step: int) -> Tensor | float:
+        """λ_t as a 0-d tensor on the controller's device (0.0 without a penalty): the training step reads it
+        without a host synchronisation."""
+        if not self.active:
+            return 0.0
+        return self.log_coefficient.exp() * self._ramp(step)
 
     def target_at(self, step: int) -> float:
         """L0*_t: from the highest L0 seen so far down to the target, geometrically."""
+        return float(self._target_tensor(step))
+
+    def _target_tensor(self, step: int) -> Tensor:
         anneal = self.cfg.anneal_fraction * self.total_steps
-        start = self.l0_start.item()
-        if math.isnan(start) or start <= self.target or step >= anneal:
-            return self.target
-        return self.target * (start / self.target) ** (1 - step / anneal)
+        target = torch.full_like(self.l0_start, float(self.target))
+        if step >= anneal:
+            return target
+        start = self.l0_start
+        annealed = self.target * (start / self.target) ** (1 - step / anneal)
+        return torch.where(torch.isnan(start) | (start <= self.target), target, annealed)
 
     def frozen(self, step: int) -> bool:
         return step >= (1 - self.cfg.freeze_fraction) * self.total_steps
@@ -93,14 +109,16 @@ class SparsityController(nn.Module):
         and the anneal starts at the L0 seen so far, so the error is ~0 early on and nothing winds up."""
         if not self.adapting:
             return
-        l0 = l0.float().clamp_min(1e-3)
-        ema = l0 if torch.isnan(self.l0_ema) else torch.lerp(self.l0_ema, l0, self.cfg.ema)
+        # every branch is a torch.where on the device: no host synchronisation in the training step
+        l0 = l0.to(self.l0_ema.device, torch.float32).clamp_min(1e-3)
+        ema = torch.where(torch.isnan(self.l0_ema), l0, torch.lerp(self.l0_ema, l0, self.cfg.ema))
         self.l0_ema.copy_(ema)
-        if step < self.cfg.anneal_fraction * self.total_steps and not (ema <= self.l0_start):
-            self.l0_start.copy_(ema)  # the densest the SAE has been so far (JumpReLU starts sparse, then densifies)
+        if step < self.cfg.anneal_fraction * self.total_steps:
+            # the densest the SAE has been so far (JumpReLU starts sparse, then densifies); NaN start: take ema
+            self.l0_start.copy_(torch.where(ema <= self.l0_start, self.l0_start, ema))
         if self.frozen(step):
             return
-        err = torch.log(ema / self.target_at(step)).clamp(-1.0, 1.0)
+        err = torch.log(ema / self._target_tensor(step)).clamp(-1.0, 1.0)
         # too sparse is worse than too dense (latents that stop firing may never come back): back off twice as fast
-        rate = self.cfg.adapt_rate * (2.0 if err < 0 else 1.0)
+        rate = torch.where(err < 0, 2.0 * self.cfg.adapt_rate, self.cfg.adapt_rate)
         self.log_coefficient.add_(rate * err)

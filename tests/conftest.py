@@ -39,5 +39,3 @@ def trained_runs(tiny_model, tmp_path_factory) -> dict[str, Path]:
                 "hydra.sweep.subdir=${hydra:runtime.choices.arch}", cwd=root, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return {arch: root / arch for arch in archs}
-
-

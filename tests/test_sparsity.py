@@ -46,3 +46,42 @@ def test_default_control_lands_near_the_target_at_two_scales_100x_apart(tmp_path
         l0s.append(json.loads((out / "metrics.json").read_text())["l0"])
     for l0 in l0s:
         assert 12 * 0.75 <= l0 <= 12 * 1.25, l0s
+
+
+class _ReferenceController:
+    """The controller's update as first written (host-side Python branches), to check the device-side one."""
+
+    def __init__(self, cfg, initial, target, total):
+        self.cfg, self.target, self.total = cfg, target, total
+        self.log_c, self.ema, self.start = math.log(initial), math.nan, math.nan
+
+    def target_at(self, step):
+        anneal = self.cfg.anneal_fraction * self.total
+        if math.isnan(self.start) or self.start <= self.target or step >= anneal:
+            return self.target
+        return self.target * (self.start / self.target) ** (1 - step / anneal)
+
+    def update(self, l0, step):
+        l0 = max(l0, 1e-3)
+        self.ema = l0 if math.isnan(self.ema) else self.ema + self.cfg.ema * (l0 - self.ema)
+        if step < self.cfg.anneal_fraction * self.total and not (self.ema <= self.start):
+            self.start = self.ema
+        if step >= (1 - self.cfg.freeze_fraction) * self.total:
+            return
+        err = max(-1.0, min(1.0, math.log(self.ema / self.target_at(step))))
+        self.log_c += self.cfg.adapt_rate * (2.0 if err < 0 else 1.0) * err
+
+
+def test_device_side_update_equals_the_host_side_reference():
+    """The update runs as torch.where's on the device (no host sync); it follows the Python-branch original."""
+    cfg = SparsityConfig(adapt_rate=0.05, ema=0.3, anneal_fraction=0.5, freeze_fraction=0.2, warmup_fraction=0.1)
+    c = SparsityController(cfg, initial=2.0, target_l0=20, total_steps=200)
+    ref = _ReferenceController(cfg, 2.0, 20, 200)
+    g = torch.Generator().manual_seed(0)
+    l0s = torch.cat([torch.linspace(50, 400, 30), 400 * torch.rand(170, generator=g), torch.tensor([0.0])])
+    for step, l0 in enumerate(l0s.tolist()):
+        c.update(torch.tensor(l0), step)
+        ref.update(l0, step)
+        assert c.log_coefficient.item() == pytest.approx(ref.log_c, rel=1e-5, abs=1e-6), step
+        assert c.target_at(step) == pytest.approx(ref.target_at(step), rel=1e-5)
+        assert c.coefficient_tensor(step).item() == pytest.approx(c.coefficient(step), rel=1e-6)

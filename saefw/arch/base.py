@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from saefw.arch.ops import SparseLatents, encoder_pre_acts, sparse_decode
+
 
 @dataclass
 class SparsityInput:
@@ -30,11 +32,12 @@ class TrainOutput:
     """An arch's training forward on scaled activations: unweighted terms, composed by
     :func:`saefw.sparsity.compose_loss` into ``mse + Σ aux + λ·P(sparsity)``.
 
-    ``f`` [B, d_sae] the latents; ``mse`` = E‖x − x̂‖²; ``sparsity`` what the penalty P reads; ``aux`` extra loss
+    ``f`` [B, d_sae] the latents (a dense tensor, or :class:`~saefw.arch.ops.SparseLatents` from the top-k archs,
+    whose ``.dense()`` gives the tensor); ``mse`` = E‖x − x̂‖²; ``sparsity`` what the penalty P reads; ``aux`` extra loss
     terms added as they are (their weights are arch options, e.g. AuxK's α), keyed by their logged names;
     ``logs`` detached values only logged (never added to the loss)."""
 
-    f: Tensor
+    f: Tensor | SparseLatents
     mse: Tensor
     sparsity: SparsityInput
     aux: dict[str, Tensor] = field(default_factory=dict)
@@ -46,7 +49,7 @@ class LossOutput:
     """``loss`` to minimise, ``terms`` (detached scalars) to log, ``f`` the latents of the batch."""
 
     loss: Tensor
-    f: Tensor
+    f: Tensor | SparseLatents
     terms: dict[str, Tensor] = field(default_factory=dict)
 
 
@@ -81,8 +84,9 @@ class SAE(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(self.d_in))
 
     def pre_acts(self, x: Tensor) -> Tensor:
-        """z = (x − b_dec) W_enc + b_enc."""
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        """z = (x − b_dec) W_enc + b_enc  (its ∇b_dec costs a matrix-vector product: see
+        :func:`~saefw.arch.ops.encoder_pre_acts`)."""
+        return encoder_pre_acts(x, self.W_enc, self.b_enc, self.b_dec)
 
     # --- the interface used by everything outside training ---
     def encode(self, x: Tensor) -> Tensor:
@@ -181,6 +185,44 @@ def geometric_median(x: Tensor, iters: int = 50, eps: float = 1e-6) -> Tensor:
     return y
 
 
+def auxk_entries(z: Tensor, dead_mask: Tensor | None, k_aux: int, masked: bool | None = None):
+    """The AuxK selection on pre-activations ``z`` [B, d_sae] (no gradient): per token, the top-``k_aux`` *dead*
+    latents. Returns None when nothing can be selected, else ``(rows, cols, keep)``: entries grouped by row, and
+    ``keep`` None or a 0/1 weight per entry that zeroes picks which are not dead.
+
+    Knowing whether any latent is dead, and how many, would need a host synchronisation on an accelerator, so there
+    every token takes exactly min(k_aux, d_sae) picks from z with live latents masked to −∞, and ``keep`` zeroes
+    the live ones (a token with fewer dead latents than k_aux then gets the dead ones and zeros, as it would with
+    k = #dead). On the CPU the count is free, so only the dead columns are searched. ``masked`` forces one way."""
+    if dead_mask is None:
+        return None
+    B = z.shape[0]
+    if not (z.device.type != "cpu" if masked is None else masked):
+        dead = dead_mask.nonzero().squeeze(1)
+        if dead.numel() == 0:
+            return None
+        top = z.index_select(1, dead).topk(min(k_aux, dead.numel()), dim=-1).indices
+        rows = torch.arange(B, device=z.device).repeat_interleave(top.shape[1])
+        return rows, dead[top.reshape(-1)], None
+    k = min(k_aux, z.shape[1])
+    top = z.masked_fill(~dead_mask, float("-inf")).topk(k, dim=-1).indices.reshape(-1)
+    rows = torch.arange(B, device=z.device).repeat_interleave(k)
+    return rows, top, dead_mask[top].to(z.dtype)
+
+
+def auxk_from_entries(aux_pre: Tensor, entries, x: Tensor, x_hat: Tensor, W_dec: Tensor) -> Tensor:
+    """The AuxK term (see :func:`auxk_loss`) from the pre-activations ``aux_pre`` [N] at ``entries`` (from
+    :func:`auxk_entries`), decoded sparsely."""
+    rows, cols, keep = entries
+    acts = torch.relu(aux_pre) if keep is None else torch.relu(aux_pre) * keep
+    e = (x - x_hat).detach()
+    e_hat = sparse_decode(SparseLatents(acts, rows, cols, (x.shape[0], W_dec.shape[0])), W_dec)
+    err = (e_hat.to(e.dtype) - e).pow(2).sum(-1).mean()
+    v_x = (x - x.mean(0)).pow(2).sum(-1).mean().detach()
+    out = v_x * err / (e - e.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
+    return out if keep is None else out * (keep.sum() > 0).to(out.dtype)  # 0 when no latent is dead
+
+
 def auxk_loss(pre_acts: Tensor, x: Tensor, x_hat: Tensor, W_dec: Tensor, dead_mask: Tensor | None,
               k_aux: int) -> Tensor:
     """AuxK (Gao et al. 2024): reconstruct the main residual e = x − x̂ (a fixed target) from the top-``k_aux``
@@ -188,14 +230,11 @@ def auxk_loss(pre_acts: Tensor, x: Tensor, x_hat: Tensor, W_dec: Tensor, dead_ma
 
     Gao et al. add α·NMSE(ê, e) to NMSE(x̂, x). Our main term is the unnormalised ‖x − x̂‖², i.e. their NMSE times
     V_x = E‖x − x̄‖², so the aux term is returned on the same scale: V_x · E‖e − ê‖² / E‖e − ē‖². That keeps
-    α = 1/32 meaning what it means in the paper. Zero when no latent is dead."""
-    if dead_mask is None or not bool(dead_mask.any()):
+    α = 1/32 meaning what it means in the paper. Zero when no latent is dead.
+
+    ``pre_acts`` [B, d_sae] is the dense pre-activation matrix (gradient flows to the selected entries only)."""
+    entries = auxk_entries(pre_acts.detach(), dead_mask, k_aux)
+    if entries is None:
         return pre_acts.new_zeros(())
-    k = min(k_aux, int(dead_mask.sum()))
-    masked = pre_acts.masked_fill(~dead_mask, float("-inf"))
-    vals, idx = masked.topk(k, dim=-1)
-    acts = torch.zeros_like(pre_acts).scatter(-1, idx, torch.relu(vals))
-    e = (x - x_hat).detach()
-    err = (acts @ W_dec - e).pow(2).sum(-1).mean()
-    v_x = (x - x.mean(0)).pow(2).sum(-1).mean().detach()
-    return v_x * err / (e - e.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
+    rows, cols, _ = entries
+    return auxk_from_entries(pre_acts[rows, cols], entries, x, x_hat, W_dec)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from saefw.arch.ops import SparseLatents
 from saefw.arch.topk import TopKSAE
 from saefw.errors import SaefwError
 from saefw.registry import register
@@ -45,7 +46,13 @@ class BatchTopKSAE(TopKSAE):
         super().__init__(cfg, d_in, d_sae)
         # 0 until the first training batch: an untrained SAE in eval mode is then plain ReLU
         self.register_buffer("threshold", torch.zeros(d_sae))
-        self.threshold_updates = 0  # batches averaged into θ so far (not saved: only steers the running mean)
+        # batches averaged into θ so far (not saved: only steers the running mean); a tensor on θ's device, so
+        # counting needs no host synchronisation
+        self._threshold_updates = torch.zeros((), dtype=torch.long)
+
+    @property
+    def threshold_updates(self) -> int:
+        return int(self._threshold_updates)
 
     def batch_topk(self, z: Tensor) -> Tensor:
         """Keep the k·B largest entries of ReLU(z) [B, d_sae] over the whole batch, zero the rest."""
@@ -63,18 +70,31 @@ class BatchTopKSAE(TopKSAE):
         return self.batch_topk(z) if self.training else self.threshold_acts(z)
 
     @torch.no_grad()
-    def _update_threshold(self, f: Tensor) -> None:
-        kept = f[f > 0]
-        if kept.numel() == 0:
-            return
-        self.threshold_updates += 1
-        rate = max(1.0 / self.threshold_updates, self.cfg.threshold_ema)
-        self.threshold.lerp_(kept.min().float().expand_as(self.threshold), rate)
+    def _update_threshold(self, kept: Tensor) -> None:
+        """Move θ towards the smallest positive entry of ``kept`` (the batch's kept activations); no change when
+        none is positive. Runs on the device, without a host synchronisation."""
+        smallest = torch.where(kept > 0, kept, torch.inf).amin().to(self.threshold.dtype)
+        any_kept = torch.isfinite(smallest)
+        n = self._threshold_updates.to(self.threshold.device) + any_kept.long()
+        self._threshold_updates = n
+        rate = (1.0 / n.clamp_min(1).float()).clamp_min(self.cfg.threshold_ema)
+        self.threshold.copy_(torch.where(any_kept, torch.lerp(self.threshold, smallest.expand_as(self.threshold),
+                                                              rate), self.threshold))
 
     def train_acts(self, z: Tensor) -> Tensor:
         f = self.batch_topk(z)
-        self._update_threshold(f)
+        self._update_threshold(f.detach().reshape(-1))
         return f
+
+    def select(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """The k·B largest entries of ReLU(z) over the batch, as (rows, cols) sorted by position."""
+        flat = torch.relu(z).reshape(-1)
+        n_keep = min(self.k * z.shape[0], flat.numel())
+        idx = flat.topk(n_keep, sorted=False).indices.sort().values
+        return idx // z.shape[1], idx % z.shape[1]
+
+    def after_select(self, f: SparseLatents) -> None:
+        self._update_threshold(f.values.detach())
 
     @torch.no_grad()
     def finalize_for_inference(self, batches) -> None:

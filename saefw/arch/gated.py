@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from saefw.arch.base import SAE, SparsityInput, TrainOutput
+from saefw.arch.ops import encoder_pre_acts
 from saefw.registry import register
 
 
@@ -41,11 +42,11 @@ class GatedSAE(SAE):
         self.b_mag = nn.Parameter(torch.zeros(d_sae))
 
     def _pre_acts(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(π, magnitude pre-activations); both read W_enc·(x − b_dec) so fold_input_scale stays exact."""
-        centred = x - self.b_dec
-        pi_gate = centred @ self.W_enc + self.b_gate
-        pi_mag = centred @ (self.W_enc * torch.exp(self.r_mag)) + self.b_mag
-        return pi_gate, pi_mag
+        """(π, magnitude pre-activations) from one shared matmul h = (x − b_dec) W_enc:  π = h + b_gate and
+        (x − b_dec) W_mag + b_mag = exp(r_mag) ⊙ h + b_mag, since W_mag = exp(r_mag) ⊙ W_enc scales its columns.
+        Both read W_enc·(x − b_dec), so fold_input_scale stays exact."""
+        h = encoder_pre_acts(x, self.W_enc, None, self.b_dec)
+        return h + self.b_gate, torch.addcmul(self.b_mag, h, torch.exp(self.r_mag))
 
     def _encode(self, x: Tensor) -> Tensor:
         pi_gate, pi_mag = self._pre_acts(x)

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from saefw.arch.base import SAE, SparsityInput, TrainOutput
+from saefw.arch.ops import encoder_pre_acts
 from saefw.registry import register
 
 
@@ -33,7 +34,7 @@ class L1SAE(SAE):
         self.init_tied_weights(1.0 if cfg.unit_norm_decoder else cfg.init_decoder_norm)
 
     def _encode(self, x: Tensor) -> Tensor:
-        return torch.relu(self.pre_acts(x))
+        return encoder_pre_acts(x, self.W_enc, self.b_enc, self.b_dec, relu=True)  # = ReLU(pre_acts(x))
 
     def train_forward(self, x, dead_mask=None) -> TrainOutput:
         f = self._encode(x)

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from saefw.arch.base import SAE, SparsityInput, TrainOutput, auxk_loss
+from saefw.arch.base import SAE, SparsityInput, TrainOutput, auxk_entries, auxk_from_entries, auxk_loss
+from saefw.arch.ops import SparseLatents, gather_pre_acts, row_entries, sparse_decode
 from saefw.errors import SaefwError
 from saefw.registry import register
 
@@ -26,6 +27,15 @@ def resolve_k(arch: str, k, k_aux, d_in: int, d_sae: int) -> tuple[int, int]:
     if k_aux is not None and (not isinstance(k_aux, int) or k_aux < 1):
         raise SaefwError(f"arch.k_aux={k_aux!r} is invalid for {arch}: it must be a positive integer or null")
     return k, k_aux if k_aux is not None else max(1, d_in // 2)
+
+
+# The sparse training path wins over dense matmuls while a token keeps at most this fraction of the latents
+# (measured on a 2-core CPU at d_in 576 × d_sae 4,608 and 768 × 16,384: see benchmarks/results/performance.md).
+SPARSE_MAX_DENSITY = 1 / 8
+
+
+def _owner(cls: type, name: str) -> type:
+    return next(c for c in cls.__mro__ if name in vars(c))
 
 
 @register("arch", "topk", TopKConfig)
@@ -60,7 +70,47 @@ class TopKSAE(SAE):
         """The latents used in training (BatchTopK overrides this)."""
         return self.topk_acts(z)
 
+    def select(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """(rows, cols) of the latents :meth:`train_acts` keeps (before its ReLU), grouped by row."""
+        return row_entries(z.topk(self.k, dim=-1).indices)
+
+    def after_select(self, f: SparseLatents) -> None:
+        """Called with the training latents of the sparse path (BatchTopK updates its threshold here)."""
+
+    def uses_sparse_path(self, x: Tensor) -> bool:
+        """The sparse path computes what :meth:`dense_train_forward` computes (tests/arch/test_topk_sparse.py), for
+        less, while k is small against d_sae; a subclass that redefines :meth:`train_acts` without its own
+        :meth:`select` gets the dense path, as does an input that needs its own gradient."""
+        cls = type(self)
+        return (self.k <= SPARSE_MAX_DENSITY * self.d_sae and not x.requires_grad
+                and _owner(cls, "train_acts") is _owner(cls, "select"))
+
     def train_forward(self, x, dead_mask=None) -> TrainOutput:
+        if not self.uses_sparse_path(x):
+            return self.dense_train_forward(x, dead_mask)
+        B = x.shape[0]
+        with torch.no_grad():
+            centred = x - self.b_dec
+            z = torch.addmm(self.b_enc, centred, self.W_enc)
+            rows, cols = self.select(z)
+            aux = auxk_entries(z, dead_mask, self.k_aux)
+        n = len(rows)
+        if aux is not None:
+            pre = gather_pre_acts(z, centred, self.W_enc, self.b_enc, self.b_dec, torch.cat([rows, aux[0]]),
+                                  torch.cat([cols, aux[1]]))
+        else:
+            pre = gather_pre_acts(z, centred, self.W_enc, self.b_enc, self.b_dec, rows, cols)
+        f = SparseLatents(torch.relu(pre[:n]), rows, cols, (B, self.d_sae))
+        self.after_select(f)
+        x_hat = sparse_decode(f, self.W_dec).to(x.dtype) + self.b_dec
+        mse = (x_hat - x).pow(2).sum(-1).mean()
+        aux_loss = (auxk_from_entries(pre[n:], aux, x, x_hat, self.W_dec) if aux is not None
+                    else mse.new_zeros(()))
+        return TrainOutput(f, mse, SparsityInput(acts=f, W_dec=self.W_dec),
+                           {"aux_loss": self.cfg.aux_coefficient * aux_loss})
+
+    def dense_train_forward(self, x, dead_mask=None) -> TrainOutput:
+        """The reference: dense pre-activations, ``train_acts``, a dense decode and :func:`auxk_loss`."""
         z = self.pre_acts(x)
         f = self.train_acts(z)
         x_hat = self._decode(f)

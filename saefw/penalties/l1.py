@@ -27,4 +27,6 @@ class L1DecoderNormPenalty(Penalty):
     """P = E_tokens[Σ_i f_i‖W_dec,i‖] (Anthropic, April 2024): invariant to rescaling f_i against W_dec,i."""
 
     def __call__(self, s):
-        return (s.acts * s.W_dec.norm(dim=-1)).sum(-1).mean()
+        # summed over tokens first: one pass over [B, d_sae] forward and none backward (= (f·‖W_dec‖).sum(-1).mean())
+        acts = s.acts.reshape(-1, s.acts.shape[-1])
+        return acts.sum(0) @ s.W_dec.norm(dim=-1).to(acts.dtype) / acts.shape[0]

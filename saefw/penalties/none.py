@@ -14,7 +14,7 @@ class NonePenaltyConfig:
 
 @register("penalty", "none", NonePenaltyConfig)
 class NonePenalty(Penalty):
-    """P = 0 (a scalar on the activations' device and dtype, so ``loss + λ·P`` works anywhere)."""
+    """P = 0 (a scalar on the decoder's device and dtype, so ``loss + λ·P`` works anywhere)."""
 
     def __call__(self, s):
-        return s.acts.new_zeros(())
+        return s.W_dec.new_zeros(())  # W_dec: acts may be SparseLatents (top-k archs)

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from saefw.arch.base import auxk_loss
+from saefw.arch.ops import as_dense
 from saefw.io import load_sae, save_sae
 from saefw.registry import build, discover
 
@@ -54,7 +55,7 @@ def test_aux_loss_with_dead_latents():
     dead = torch.tensor([True, False, True, False, True, True, False, False])
     out = sae.loss(x, _penalty(), 0.0, dead_mask=dead)
     z = sae.pre_acts(x)
-    x_hat = sae.decode(out.f)
+    x_hat = sae.decode(as_dense(out.f))
     aux = auxk_loss(z, x, x_hat, sae.W_dec, dead, 3)
     assert aux.item() > 0
     assert out.terms["aux_loss"].item() == pytest.approx(sae.cfg.aux_coefficient * aux.item())
