@@ -39,7 +39,8 @@ class ExplainConfig:
     explainer: Any = None  # the explainer plugin (its config group): local | openai
     features: Any = 10  # a list of feature indices, or a number of live features drawn at random (seeded)
     scorers: list[str] = field(default_factory=lambda: ["detection", "fuzzing", "simulation"])
-    n_explain: int = 10  # strongest contexts shown to the explainer
+    n_explain: int = 10  # strongest contexts shown to the explainer ...
+    n_explain_quantile: int = 4  # ... and quantile samples (one per activation range, from the highest)
     n_positive: int = 10  # held-out firing windows (detection, and twice each in fuzzing)
     n_negative: int = 10  # windows where the feature never fires (detection)
     n_sim_positive: int = 3  # held-out firing windows simulated ...
@@ -63,7 +64,7 @@ def check_settings(cfg) -> None:
     for key in ("n_explain", "batch_items", "random_contexts", "explanation_tokens", "chunk_features"):
         if cfg[key] < 1:
             raise SaefwError(f"{key}={cfg[key]} must be at least 1")
-    for key in ("n_positive", "n_negative", "n_sim_positive", "n_sim_random"):
+    for key in ("n_explain_quantile", "n_positive", "n_negative", "n_sim_positive", "n_sim_random"):
         if cfg[key] < 0:
             raise SaefwError(f"{key}={cfg[key]} must be at least 0")
     if not 0 < cfg.highlight <= 1:
@@ -171,7 +172,8 @@ def explain(cfg, output_dir: Path | None = None) -> dict:
                                                  window["after"], token_text, random.Random(cfg.seed * 7919 + fid),
                                                  cfg.n_negative, cfg.n_sim_random)
             sets[fid] = split_examples(top, quantile, quiet, anywhere, cfg.n_explain, cfg.n_positive,
-                                       cfg.n_negative, cfg.n_sim_positive, cfg.n_sim_random)
+                                       cfg.n_negative, cfg.n_sim_positive, cfg.n_sim_random,
+                                       cfg.n_explain_quantile)
             thresholds[fid] = cfg.highlight * max(e.max_act for e in sets[fid].explain)
         asked = [(explanation_messages(sets[f].explain, thresholds[f]), cfg.explanation_tokens) for f in chunk]
         answers = chat.complete_many(asked, desc=f"explaining {len(chunk)} features")
@@ -197,8 +199,8 @@ def explain(cfg, output_dir: Path | None = None) -> dict:
         for f in chunk:
             res.write_transcript(run_dir, f, transcripts[f])
         res.write_results(run_dir, results)  # after every chunk: an interruption loses at most one chunk
-    settings = {k: cfg[k] for k in ("scorers", "n_explain", "n_positive", "n_negative", "n_sim_positive",
-                                    "n_sim_random", "batch_items", "highlight", "random_contexts", "seed")}
+    settings = {k: cfg[k] for k in ("scorers", "n_explain", "n_explain_quantile", "n_positive", "n_negative",
+                                    "n_sim_positive", "n_sim_random", "batch_items", "highlight", "random_contexts", "seed")}
     settings = OmegaConf.to_container(OmegaConf.create(settings))
     usage = chat.usage.as_dict()
     results["invocations"].append({"started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),

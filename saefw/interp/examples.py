@@ -124,15 +124,19 @@ class ExampleSets:
 
 def split_examples(top: list[Example], quantile: list[Example], quiet: list[Example], anywhere: list[Example],
                    n_explain: int, n_positive: int, n_negative: int, n_sim_positive: int,
-                   n_sim_random: int) -> ExampleSets:
-    """The explainer sees the ``n_explain`` strongest contexts; the held-out positives alternate quantile
-    samples (across the activation range) and the remaining top contexts, skipping any window the explainer saw
-    (same context and position) or already taken; simulation uses the first ``n_sim_positive`` positives and
+                   n_sim_random: int, n_explain_quantile: int = 0) -> ExampleSets:
+    """The explainer sees the ``n_explain`` strongest contexts and the first ``n_explain_quantile`` quantile
+    samples (one per range, from the highest); the held-out positives alternate the remaining quantile samples
+    (across the activation range) and the remaining top contexts, skipping any window the explainer saw (same
+    context and position) or already taken; simulation uses the first ``n_sim_positive`` positives and
     ``n_sim_random`` random windows."""
-    explain = top[:n_explain]
-    seen = {e.key for e in explain}
+    explain, seen = [], set()
+    for e in top[:n_explain] + quantile[:n_explain_quantile]:
+        if e.key not in seen:
+            seen.add(e.key)
+            explain.append(e)
     held = []
-    for e in interleave(quantile, top[n_explain:]):
+    for e in interleave(quantile[n_explain_quantile:], top[n_explain:]):
         if e.key not in seen:
             seen.add(e.key)
             held.append(e)

@@ -61,8 +61,8 @@ def explanation_messages(examples: Sequence[Example], threshold: float) -> list[
     """Ask for a one-sentence explanation of what the marked tokens of ``examples`` have in common."""
     lines = [f"Example {k}: {render(e.tokens, active_tokens(e, threshold))}" for k, e in enumerate(examples, 1)]
     return _messages(
-        "Here are text excerpts where the feature is active. In each, the tokens where it is most active are "
-        "marked <<like this>>.\n\n" + "\n".join(lines) + "\n\n"
+        "Here are text excerpts where the feature is active, the strongest first. In each, the tokens where it is "
+        "most active are marked <<like this>>.\n\n" + "\n".join(lines) + "\n\n"
         "What do the marked tokens have in common (a word, a topic, a grammatical role, what comes before "
         "them)? Describe what the feature detects in one short sentence. Reply with one line that starts "
         "with \"Explanation:\".")

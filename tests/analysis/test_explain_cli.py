@@ -12,7 +12,7 @@ from saefw.interp.metrics import binary_scores
 from saefw.interp.parsing import parse_labels
 from saefw.interp.results import CSV_COLUMNS
 
-SMALL = ["n_explain=6", "n_positive=4", "n_negative=4", "n_sim_positive=2", "n_sim_random=1", "batch_items=4"]
+SMALL = ["n_explain=6", "n_explain_quantile=2", "n_positive=4", "n_negative=4", "n_sim_positive=2", "n_sim_random=1", "batch_items=4"]
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +64,11 @@ def test_explain_with_a_real_openai_compatible_server(features_run, served, open
         assert rec["explainer"]["name"] == "openai" and isinstance(rec["explanation"], str)
         assert rec["threshold"] == pytest.approx(0.3 * float(data.top["value"][f, 0]), rel=1e-5)
         ex = rec["examples"]
-        assert [len(ex[k]) for k in ("explain", "positives", "negatives", "simulation")] == [6, 4, 4, 3]
-        assert [tuple(e[:2]) for e in ex["explain"]] == [(int(data.top["context"][f, k]), int(data.top["position"][f, k]))
-                                                          for k in range(6)]
+        assert [len(ex[k]) for k in ("positives", "negatives", "simulation")] == [4, 4, 3]
+        # the 6 strongest contexts, then up to 2 quantile samples (fewer if one repeats a top context)
+        assert [tuple(e[:2]) for e in ex["explain"][:6]] == [(int(data.top["context"][f, k]),
+                                                              int(data.top["position"][f, k])) for k in range(6)]
+        assert 6 < len(ex["explain"]) <= 8 and {e[2] for e in ex["explain"][6:]} == {"quantile"}
         assert not {tuple(e[:2]) for e in ex["explain"]} & {tuple(e[:2]) for e in ex["positives"]}
         s = rec["scores"]
         assert s["detection"]["n"] == 8 and s["fuzzing"]["n"] == 8  # 4 + 4 windows; each positive twice

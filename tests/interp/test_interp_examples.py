@@ -50,6 +50,11 @@ def test_split_keeps_scorer_windows_apart_from_the_explainer():
     assert [e.key for e in s.simulation] == [(3, 1), (30, 1), (31, 1)]
     assert s.refs()["negatives"] == [[20, 1, "random"], [21, 1, "random"]]
     assert interleave([1, 2, 3], ["a"]) == [1, "a", 2, 3]
+    # with quantile samples for the explainer: (0, 1) is already a top window, (7, 2) is new
+    s = split_examples(top, quantile, quiet, anywhere, n_explain=3, n_positive=3, n_negative=0, n_sim_positive=0,
+                       n_sim_random=0, n_explain_quantile=2)
+    assert [e.key for e in s.explain] == [(0, 1), (1, 1), (2, 1), (7, 2)]
+    assert [e.key for e in s.positives] == [(8, 3), (3, 1), (4, 1)]
 
 
 def test_random_windows_find_quiet_windows_with_true_activations():
