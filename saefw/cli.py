@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("saefw")
-_PLUS_FAMILY = re.compile(r"^\+(source|arch|penalty)=")
+_PLUS_FAMILY = re.compile(r"^\+(source|arch|penalty|explainer)=")
 
 
 def normalise_overrides(args: list[str]) -> list[str]:

@@ -263,9 +263,15 @@ class LanguageModel:
         return self.capture(tokens, [(self.layer, self.site)])[(self.layer, self.site)]
 
     @torch.no_grad()
-    def capture(self, tokens: Tensor, points: list[tuple[int, str]]) -> dict[tuple[int, str], Tensor]:
+    def capture(self, tokens: Tensor, points: list[tuple[int, str]],
+                edits: dict[tuple[int, str], Callable[[Tensor], Tensor]] | None = None
+                ) -> dict[tuple[int, str], Tensor]:
         """Activations [B, T, d] at several hook points (layer, site) from one forward, stopped as soon as the
-        last of them has been seen (so harvesting layers 6 and 25 together costs one pass to layer 25)."""
+        last of them has been seen (so harvesting layers 6 and 25 together costs one pass to layer 25).
+
+        ``edits`` maps hook points upstream of ``points`` to functions returning a replacement of the whole
+        activation [B, T, d] (BOS included: the edit decides), so what is captured downstream is the edited
+        model's (the cross-layer ablations of :mod:`saefw.analysis.ablation`)."""
         captured: dict[tuple[int, str], Tensor] = {}
         wanted = set(points)
 
@@ -277,6 +283,8 @@ class LanguageModel:
             return grab
 
         with ExitStack() as stack:
+            for point, edit in (edits or {}).items():
+                stack.enter_context(self._hook(edit, *point))
             for point in wanted:
                 stack.enter_context(self._hook(grabber(point), *point))
             try:

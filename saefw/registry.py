@@ -1,4 +1,4 @@
-"""Plugin registry: four families, one decorator, typed configs that Hydra validates at composition.
+"""Plugin registry: five families, one decorator, typed configs that Hydra validates at composition.
 
     @register("arch", "gated", GatedConfig)
     class GatedSAE(SAE): ...
@@ -27,11 +27,12 @@ from saefw.errors import SaefwError
 
 log = logging.getLogger(__name__)
 
-FAMILIES = {"source": "source", "arch": "arch", "penalty": "penalty", "evaluator": "evaluators"}
+FAMILIES = {"source": "source", "arch": "arch", "penalty": "penalty", "evaluator": "evaluators",
+            "explainer": "explainer"}
 """family name -> Hydra config group."""
 
 BUILTIN_MODULES = (
-    "saefw.sources", "saefw.arch", "saefw.penalties", "saefw.evals",
+    "saefw.sources", "saefw.arch", "saefw.penalties", "saefw.evals", "saefw.explainers",
 )
 
 

@@ -177,3 +177,44 @@ def test_every_launcher_preset_composes(composer):
         cfg = compose("config", overrides=[f"hydra/launcher={preset}", "trainer.devices=2"],
                       return_hydra_config=True)
         assert OmegaConf.to_container(cfg.hydra.launcher, resolve=True)["tasks_per_node"] == 2
+
+
+def test_relations_config_composes_typed():
+    from saefw.relations import store_schema as store_relations_schema
+
+    store_relations_schema()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose(config_name="relations", overrides=["runs=[a,b]", "features=[[1,2],[3]]"],
+                      return_hydra_config=True)
+        assert list(cfg.runs) == ["a", "b"] and cfg.top_m == 32 and cfg.n_tokens == 16384
+        assert cfg.out.startswith("outputs/relations/") and cfg.hydra.run.dir == cfg.out
+        assert compose(config_name="relations", overrides=["runs=[a,b]", "out=/x"], return_hydra_config=True
+                       ).hydra.run.dir == "/x"
+        for bad in ("top_m=abc", "no_such_option=1"):
+            with pytest.raises(ConfigCompositionException):
+                compose(config_name="relations", overrides=["runs=[a,b]", bad])
+    GlobalHydra.instance().clear()
+
+
+def test_explain_config_composes_with_every_explainer():
+    from saefw.explain import store_schema as store_explain_schema
+
+    store_explain_schema()
+    discover()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose(config_name="explain", overrides=["run=/r"])
+        assert cfg.explainer.name == "local" and cfg.explainer.model == "smollm2-135m" and cfg.features == 10
+        assert list(cfg.scorers) == ["detection", "fuzzing", "simulation"] and cfg.wandb.mode == "offline"
+        for name in names("explainer"):
+            assert compose(config_name="explain", overrides=["run=/r", f"explainer={name}"]).explainer.name == name
+        cfg = compose(config_name="explain", overrides=["run=/r", "explainer=openai", "explainer.base_url=http://h/v1",
+                                                        "explainer.concurrency=8", "features=[1,2]"])
+        assert (cfg.explainer.base_url, cfg.explainer.concurrency, cfg.explainer.api_key_env) == (
+            "http://h/v1", 8, "OPENAI_API_KEY")
+        for bad in (["explainer=nope"], ["explainer=openai", "explainer.concurrency=abc"],
+                    ["explainer=local", "explainer.base_url=x"], ["n_explain=abc"]):
+            with pytest.raises(ConfigCompositionException):
+                compose(config_name="explain", overrides=["run=/r", *bad])
+    GlobalHydra.instance().clear()

@@ -54,8 +54,11 @@ def copy_sae(run: Path, dst: Path) -> Path:
     import shutil
 
     dst.mkdir(parents=True, exist_ok=True)
-    for name in ("sae.safetensors", "cfg.json"):
-        shutil.copy(run / name, dst / name)
+    from saefw.io import CONFIG, LEGACY_WEIGHTS, WEIGHTS
+
+    for name in (WEIGHTS, LEGACY_WEIGHTS, CONFIG):  # a run saved in either format
+        if (run / name).is_file():
+            shutil.copy(run / name, dst / name)
     return dst
 
 
