@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from saefw.arch.base import SAE, SparsityInput, TrainOutput

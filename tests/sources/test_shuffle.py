@@ -20,7 +20,6 @@ def _stream(chunks, batch_size, buffer_rows, seed=0, skip=0, part=(0, 1), epochs
 
 @pytest.fixture(scope="module")
 def chunks():
-    g = torch.Generator().manual_seed(1)
     sizes = [37, 50, 50, 50, 21] + [50] * 35 + [8]  # uneven, like a corpus's last shard
     start = 0
     out = []
