@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli
+from helpers import run_cli
 
 BASE = ["layer=1", "total_tokens=2048", "train.batch_size=256", "source.context_size=32", "source.eval_contexts=4",
         "expansion_factor=4", "wandb.mode=disabled", "trainer.enable_progress_bar=false",

@@ -12,8 +12,7 @@ import re
 
 import pytest
 
-from conftest import run_cli
-from helpers import cli_env, install_ledger, read_ledger, spawn_cli
+from helpers import cli_env, install_ledger, read_ledger, run_cli, spawn_cli
 
 DDP_RUN = ["layer=1", "total_tokens=6400", "train.batch_size=64", "train.eval_every_steps=50",
            "train.checkpoint_every_steps=40", "source.context_size=32", "source.eval_contexts=6",

@@ -8,8 +8,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from conftest import run_cli
-from helpers import TINY, read_csv
+from helpers import TINY, read_csv, run_cli
 
 
 def test_submitit_local_sweep_with_a_failing_job(tiny_model, tmp_path):

@@ -8,8 +8,7 @@ import time
 
 import pytest
 
-from conftest import run_cli
-from helpers import install_ledger, read_ledger, spawn_cli
+from helpers import install_ledger, read_ledger, run_cli, spawn_cli
 
 # 120 steps of 64 tokens; shards of 8 contexts (248 tokens) and a 1,024-token shuffle buffer, so the batches
 # skipped on resume span several shards and buffer fills

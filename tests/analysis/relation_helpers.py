@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from conftest import set_params
+from helpers import set_params
 from saefw.registry import build, discover
 
 UP, DOWN = (1, "resid_post"), (2, "resid_post")

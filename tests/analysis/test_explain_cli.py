@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from feature_helpers import copy_sae, run_module, trained_run
-from helpers import read_csv
+from feature_helpers import copy_sae, trained_run
+from helpers import read_csv, run_cli
 from openai_server import chat_model, free_port, transformers_serve
 from saefw.interp.metrics import binary_scores
 from saefw.interp.parsing import parse_labels
@@ -18,7 +18,7 @@ SMALL = ["n_explain=6", "n_explain_quantile=2", "n_positive=4", "n_negative=4", 
 @pytest.fixture(scope="module")
 def features_run(tmp_path_factory, tiny_model):
     run = copy_sae(trained_run(tmp_path_factory, tiny_model), tmp_path_factory.mktemp("explain") / "run")
-    r = run_module("saefw.features", f"run={run}", "n_tokens=1000", cwd=run.parent)
+    r = run_cli(f"run={run}", "n_tokens=1000", module="saefw.features", cwd=run.parent)
     assert r.returncode == 0, r.stderr[-3000:]
     from saefw.analysis import feature_store
 
@@ -40,10 +40,10 @@ def openai_result(features_run, served):
     run, data, full = features_run
     url, model = served
     feats = full[:2]
-    r = run_module("saefw.explain", f"run={run}", "explainer=openai", f"explainer.base_url={url}",
+    r = run_cli(f"run={run}", "explainer=openai", f"explainer.base_url={url}",
                    f"explainer.model={model}", "explainer.api_key_env=null", "explainer.concurrency=3",
                    "explainer.price_input_per_mtok=1.0", "explainer.price_output_per_mtok=2.0",
-                   f"features=[{feats[0]},{feats[1]}]", *SMALL, cwd=run.parent)
+                   f"features=[{feats[0]},{feats[1]}]", *SMALL, module="saefw.explain", cwd=run.parent)
     assert r.returncode == 0, r.stderr[-3000:]
     return r, feats, json.loads((run / "explanations" / "explanations.json").read_text())
 
@@ -132,8 +132,8 @@ def test_a_rerun_with_the_local_explainer_adds_features(features_run, openai_res
     run, _, full = features_run
     _, feats, _ = openai_result
     local = chat_model(tiny_model, tmp_path / "chat")
-    r = run_module("saefw.explain", f"run={run}", "explainer=local", f"explainer.model={local}",
-                   f"features=[{full[2]}]", "scorers=[detection]", "wandb.mode=disabled", *SMALL, cwd=run.parent)
+    r = run_cli(f"run={run}", "explainer=local", f"explainer.model={local}",
+                   f"features=[{full[2]}]", "scorers=[detection]", "wandb.mode=disabled", *SMALL, module="saefw.explain", cwd=run.parent)
     assert r.returncode == 0, r.stderr[-3000:]
     results = json.loads((run / "explanations" / "explanations.json").read_text())
     assert list(results["features"]) == [str(f) for f in sorted([*feats, full[2]])]  # merged, in feature order
@@ -160,7 +160,7 @@ def test_errors_are_one_line(features_run, tmp_path, monkeypatch):
     if dead is not None:
         cases.append(([f"run={run}", f"features=[{dead}]"], f"feature {dead} never fired"))
     for args, message in cases:
-        r = run_module("saefw.explain", *args, cwd=tmp_path)
+        r = run_cli(*args, module="saefw.explain", cwd=tmp_path)
         assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
         if message is not None:
             errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from browser import needs_chromium, rendered_dom
-from feature_helpers import TRAIN_ARGS, copy_sae, parse_html, run_module, trained_run
+from helpers import run_cli
+from feature_helpers import TRAIN_ARGS, copy_sae, parse_html, trained_run
 from openai_server import chat_model
 
 
@@ -16,20 +17,20 @@ def two_layers(tmp_path_factory, tiny_model):
     up = copy_sae(trained_run(tmp_path_factory, tiny_model), root / "up")
     down = root / "down"
     args = [a if not a.startswith("layer=") else "layer=2" for a in TRAIN_ARGS]
-    r = run_module("saefw", f"model={tiny_model}", *args, f"hydra.run.dir={down}", cwd=root)
+    r = run_cli(f"model={tiny_model}", *args, f"hydra.run.dir={down}", module="saefw", cwd=root)
     assert r.returncode == 0, r.stderr[-3000:]
     for run in (up, down):
-        r = run_module("saefw.features", f"run={run}", "n_tokens=1000", cwd=root)
+        r = run_cli(f"run={run}", "n_tokens=1000", module="saefw.features", cwd=root)
         assert r.returncode == 0, r.stderr[-3000:]
-    r = run_module("saefw.relations", f"runs=[{up},{down}]", f"out={root / 'rel'}", "n_tokens=600", "top_m=6",
-                   "effect_k=3", cwd=root)
+    r = run_cli(f"runs=[{up},{down}]", f"out={root / 'rel'}", "n_tokens=600", "top_m=6",
+                   "effect_k=3", module="saefw.relations", cwd=root)
     assert r.returncode == 0, r.stderr[-3000:]
     relations = json.loads((root / "rel" / "relations.json").read_text())
     fid = relations["pairs"][0]["sources"][0]
-    r = run_module("saefw.explain", f"run={up}", "explainer=local",
+    r = run_cli(f"run={up}", "explainer=local",
                    f"explainer.model={chat_model(tiny_model, root / 'chat')}", f"features=[{fid}]",
                    "scorers=[detection,fuzzing]", "n_explain=6", "n_positive=4", "n_negative=4", "wandb.mode=disabled",
-                   cwd=root)
+                   module="saefw.explain", cwd=root)
     assert r.returncode == 0, r.stderr[-3000:]
     explained = json.loads((up / "explanations" / "explanations.json").read_text())["features"][str(fid)]
     return root, up, down, relations, fid, explained

@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from feature_helpers import run_module
-from helpers import read_csv
+from helpers import read_csv, run_cli
 from relation_helpers import DOWN, UP, brute_force_effects, known_pair
 from saefw.analysis.ablation import ablation_effects, contribution_vectors, plan_forwards, select_sources, \
     source_firing, SourceFiring
@@ -123,8 +122,8 @@ def test_relations_cli_writes_the_known_edge_as_the_strongest(known, known_runs)
 
     lm, _, pair = known
     root, (up, down) = known_runs
-    r = run_module("saefw.relations", f"runs=[{up},{down}]", f"out={root / 'rel'}", "n_tokens=620",
-                   "features=[0,1,2,3,4,5]", "effect_k=5", "cosine_k=2", "batch_rows=8", cwd=root)
+    r = run_cli(f"runs=[{up},{down}]", f"out={root / 'rel'}", "n_tokens=620",
+                   "features=[0,1,2,3,4,5]", "effect_k=5", "cosine_k=2", "batch_rows=8", module="saefw.relations", cwd=root)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ablating 6 features at 1/resid_post" in r.stderr  # the progress bar
     assert "L1 resid_post #0 -> L2 resid_post #0" in r.stdout
@@ -165,6 +164,6 @@ def test_relations_cli_writes_the_known_edge_as_the_strongest(known, known_runs)
 ])
 def test_bad_requests_are_one_line_errors(known_runs, args, message):
     root, (up, down) = known_runs
-    r = run_module("saefw.relations", *args(up, down), f"out={root / 'bad'}", cwd=root)
+    r = run_cli(*args(up, down), f"out={root / 'bad'}", module="saefw.relations", cwd=root)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert any(line.startswith("error: ") and message in line for line in r.stderr.splitlines()), r.stderr
