@@ -27,20 +27,47 @@ class PhaseTimer:
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self._current: str | None = None
+        self._charged = 0.0  # seconds of the running phase already counted under another name
 
     @contextmanager
     def __call__(self, name: str):
         t0 = time.perf_counter()
+        outer = self._current, self._charged
+        self._current, self._charged = name, 0.0
         try:
             yield
         finally:
-            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 2)
+            spent = time.perf_counter() - t0 - self._charged
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + spent, 2)
+            self._current, self._charged = outer
+
+    def charge(self, part: str, seconds: float) -> None:
+        """Count ``seconds`` of the running phase as ``part`` instead (a model loaded lazily while harvesting or
+        evaluating is model_load time, whichever phase needed it first)."""
+        self.seconds[part] = round(self.seconds.get(part, 0.0) + seconds, 2)
+        if self._current is not None:
+            self._charged += seconds
 
     def split(self, whole: str, part: str, seconds: float) -> None:
         """Move ``seconds`` of phase ``whole`` into its own phase ``part`` (e.g. harvesting inside data setup)."""
         seconds = min(max(seconds, 0.0), self.seconds.get(whole, 0.0))
         self.seconds[part] = round(seconds, 2)
         self.seconds[whole] = round(self.seconds.get(whole, 0.0) - seconds, 2)
+
+
+def _start_when_id_free(logger, wait_seconds: float = 60.0) -> None:
+    """Start a resumed run's W&B run now, waiting while its id is still "in use": the W&B service of a killed
+    run lives on until it notices its parent is gone (seconds on a busy machine)."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            logger.experiment
+            return
+        except Exception as exc:  # noqa: BLE001 - W&B raises its own error types; only "in use" is waited out
+            if "in use" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(2.0)
 
 
 def scalars(metrics: dict) -> dict[str, float]:
@@ -73,6 +100,7 @@ class Reporter:
         resume_state = resume_state or {}
         self.history: list[dict] = list(resume_state.get("history", []))
         self.wandb_id: str | None = resume_state.get("wandb_id")
+        self.resumed = resume_state.get("wandb_id") is not None
         self.t0 = time.time()
         self.loggers = self._make_loggers(resume_step) if write else []
 
@@ -121,6 +149,8 @@ class Reporter:
                 if wandb.run is not None:
                     wandb.finish(exit_code=1)
                 return self._wandb_logger("offline")
+        elif self.resumed:
+            _start_when_id_free(logger)
         return logger
 
     def _wandb(self):

@@ -127,8 +127,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     # plugins and data
     timer = PhaseTimer()
-    with timer("model_load"):  # building an LM source loads its model
+    with timer("model_load"):  # an LM source reads the model's config here and loads the weights when first needed
         source = build("source", cfg.source, spec=RunSpec(seed=cfg.seed, train_tokens=plan.tokens))
+    source.on_model_load = lambda seconds: timer.charge("model_load", seconds)
     penalty = build("penalty", cfg.penalty)
     sae = build_sae(cfg, source.d_in, penalty)
     evaluators = build_evaluators(cfg, source) if zero else []  # only rank 0 evaluates

@@ -63,5 +63,5 @@ def test_layer_out_of_range_and_bad_site(tiny_model):
 
 
 def test_missing_model_is_a_clear_error(tmp_path):
-    with pytest.raises(SaefwError, match="could not be loaded"):
+    with pytest.raises(SaefwError, match="no such directory; give an embedded model"):
         LanguageModel(str(tmp_path / "nope"), layer=0, site="resid_post")

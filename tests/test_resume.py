@@ -91,7 +91,8 @@ def test_every_batch_trained_on_once_in_the_same_order(runs):
 def test_resume_keeps_the_wandb_run_and_the_csv_log(runs):
     killed = runs["killed"]
     offline = sorted(p.name for p in (killed / "wandb").glob("offline-run-*"))
-    assert len(offline) == 2 and set(runs["wandb_before"]) < set(offline)
+    # ≥ 2: a start attempt that waited for the killed run's W&B service to let go of the id leaves a folder too
+    assert len(offline) >= 2 and set(runs["wandb_before"]) < set(offline)
     assert len({name.rsplit("-", 1)[1] for name in offline}) == 1  # one W&B run id, continued offline
     assert _csv_steps(killed) == _csv_steps(runs["full"])  # every logged step once, in order
     ckpts = sorted(p.name for p in (killed / "checkpoints").glob("step-*.ckpt"))

@@ -87,7 +87,7 @@ def test_failing_job_is_recorded_and_the_sweep_goes_on(tiny_model, tmp_path):
     r = run_cli("-m", f"model={tiny_model}", *TINY, "arch=topk", "arch.k=100000,8", f"hydra.sweep.dir={sweep}",
                 cwd=tmp_path)
     assert r.returncode == 1
-    line = "arch.k=100000 is invalid for topk: it must be an integer in [1, d_sae=128]"
+    line = "arch.k=100000 is invalid for topk: it must be an integer in [1, d_sae=128] (null: the run's target_l0)"
     assert any(e.startswith(f"error: {line}") for e in r.stderr.splitlines())
     assert f"error: 1 of 2 jobs failed: {sweep / '0_topk'}" in r.stderr
     assert "Traceback" not in r.stderr + r.stdout

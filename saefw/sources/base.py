@@ -39,6 +39,8 @@ class ActivationSource:
 
     def __init__(self, cfg, spec: RunSpec):
         self.cfg, self.spec = cfg, spec
+        # called with the seconds a lazily loaded language model took (the run books them as model_load)
+        self.on_model_load: Callable[[float], None] = lambda seconds: None
 
     def setup(self) -> None:
         pass

@@ -96,8 +96,10 @@ class HFActivationSource(ActivationSource):
     def lm(self) -> LanguageModel:
         if self._lm is None:
             c = self.cfg
+            t0 = time.perf_counter()
             self._lm = LanguageModel(c.model, c.layer, c.site, device=self.device, dtype=getattr(torch, c.dtype),
                                      local_files_only=c.local_files_only, trust_remote_code=c.trust_remote_code)
+            self.on_model_load(time.perf_counter() - t0)
         return self._lm
 
     # --- documents and stores ---
