@@ -14,6 +14,10 @@ ratios survive a noisy, shared machine:
 """
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import platform
 import statistics
 import tempfile
 import time
@@ -117,7 +121,8 @@ def saefw_loop(arch: str, source, batch: int, d_sae: int, steps: int, warmup: in
     from saefw.plan import RunPlan
     from saefw.registry import build
     from saefw.report import Reporter
-    from saefw.run import _trainer, build_sae
+    from saefw.penalties.base import PenaltyConfig
+    from saefw.run import _trainer, build_sae, sparsity_target
     from saefw.sparsity import SparsityController
     from saefw.train import ActivationDataModule, SAEModule
 
@@ -129,12 +134,13 @@ def saefw_loop(arch: str, source, batch: int, d_sae: int, steps: int, warmup: in
     sae = build_sae(cfg, source.d_in, penalty)
     data = ActivationDataModule(source, plan.batch_size, plan.steps)
     sae.initialize_from_data(torch.cat([b.float() for b in data.peek(cfg.train.init_batches)]))
-    controller = SparsityController(cfg.sparsity, getattr(penalty.cfg, "coefficient", 0.0), cfg.target_l0,
-                                    plan.steps, active=hasattr(penalty.cfg, "coefficient"))
+    penalised = isinstance(penalty.cfg, PenaltyConfig)
+    controller = SparsityController(cfg.sparsity, penalty.cfg.coefficient if penalised else 0.0,
+                                    sparsity_target(cfg) if penalised else None, plan.steps, active=penalised)
     module = SAEModule(sae, penalty, controller, cfg.train, plan.steps)
     with tempfile.TemporaryDirectory(prefix="saefw-perf-") as run_dir:
         reporter = Reporter(cfg, Path(run_dir), {"arch": arch, "layer": None, "site": None})
-        trainer = _trainer(cfg, plan, Path(run_dir), source, [], reporter)
+        trainer = _trainer(cfg, plan, Path(run_dir), source, [], reporter, {"arch": arch})
         clock = _StepClock()
         trainer.callbacks.append(clock)
         try:
@@ -185,3 +191,62 @@ def saelens_step(arch: str, batches: list[torch.Tensor], d_sae: int, steps: int,
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter())
     return (len(times) - 1 - warmup) * batch / (times[-1] - times[warmup])
+
+
+ARCHS = ("l1", "gated", "topk", "jumprelu", "batchtopk")
+CASES = [(arch, 576, 4608) for arch in ARCHS] + [(arch, 768, 16384) for arch in ("l1", "topk", "batchtopk")]
+
+
+def measure(arch: str, d_in: int, d_sae: int, batch: int, steps: int, warmup: int) -> dict:
+    """One row: matmul peak, saefw's loop and SAELens's step at one shape, back to back."""
+    peak = matmul_peak(d_in, d_sae, batch)
+    source = MemorySource(d_in, batch)
+    ours = saefw_loop(arch, source, batch, d_sae, steps, warmup)
+    theirs = saelens_step(arch, source.pool, d_sae, steps, warmup)
+    achieved = DENSE_FLOP_PER_TOKEN * d_in * d_sae * ours / 1e9
+    return {"arch": arch, "d_in": d_in, "d_sae": d_sae, "batch": batch, "saefw_tokens_per_s": round(ours),
+            "saelens_tokens_per_s": round(theirs), "ratio_vs_saelens": round(ours / theirs, 3),
+            "matmul_gflops": round(peak, 1), "saefw_gflops_dense_equivalent": round(achieved, 1),
+            "fraction_of_peak": round(achieved / peak, 3)}
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    lines = [f"# Training-loop throughput ({meta['machine']}, torch {meta['torch']}, {meta['date']})", "",
+             "saefw: the real Lightning loop (SAEModule + Trainer + loggers + callbacks) reading an in-memory "
+             "source; SAELens: its training step alone on the same batches. fraction_of_peak counts 10·d_in·d_sae "
+             "FLOP per token for every arch (dense-equivalent: the top-k archs can exceed 1).", "",
+             "| arch | d_in × d_sae | batch | saefw tok/s | SAELens tok/s | ratio | matmul GFLOP/s | fraction of peak |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['arch']} | {r['d_in']} × {r['d_sae']} | {r['batch']} | {r['saefw_tokens_per_s']:,} | "
+                     f"{r['saelens_tokens_per_s']:,} | {r['ratio_vs_saelens']:.2f} | {r['matmul_gflops']:.0f} | "
+                     f"{r['fraction_of_peak']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="*", help="cases as arch@d_in@d_sae")
+    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    args = ap.parse_args()
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    cases = [c for c in CASES if not args.only or "@".join(map(str, c)) in args.only]
+    meta = {"machine": f"{os.cpu_count()}-core {platform.machine()} CPU, fp32", "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"), "steps": args.steps,
+            "warmup": args.warmup}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for arch, d_in, d_sae in cases:
+        rows.append({**measure(arch, d_in, d_sae, args.batch, args.steps, args.warmup), **meta})
+        print(json.dumps(rows[-1]), flush=True)
+        (out / "performance.json").write_text(json.dumps(rows, indent=2))  # a list of rows, one per case
+        (out / "performance.md").write_text(markdown(rows, meta))
+
+
+if __name__ == "__main__":
+    main()

@@ -17,13 +17,15 @@ from pathlib import Path
 import torch
 
 from saefw.registry import build, discover, entry, names
+from saefw.sparsity import compose_loss
 
 OUT = Path(__file__).parent / "results" / "sae_step_throughput.jsonl"
 
 
 def bench(arch: str, d_in: int, d_sae: int, batch: int, device: str, dtype: torch.dtype, steps: int) -> dict:
     torch.manual_seed(0)
-    sae = build("arch", {"name": arch}, d_in=d_in, d_sae=d_sae).to(device)
+    k = {"k": 32} if "k" in entry("arch", arch).config_cls.__dataclass_fields__ else {}  # top-k archs: k as the default run
+    sae = build("arch", {"name": arch, **k}, d_in=d_in, d_sae=d_sae).to(device)
     penalty = build("penalty", {"name": entry("arch", arch).cls.default_penalty})
     opt = torch.optim.Adam(sae.parameters(), lr=1e-4)
     x = torch.randn(batch, d_in, device=device)
@@ -32,7 +34,7 @@ def bench(arch: str, d_in: int, d_sae: int, batch: int, device: str, dtype: torc
 
     def step():
         with torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
-            out = sae.loss(x, penalty, 1.0, dead_mask=dead)
+            out = compose_loss(sae.train_forward(x, dead_mask=dead), penalty, 1.0)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

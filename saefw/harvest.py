@@ -73,13 +73,20 @@ def fill_stores(lm, stores: list[ActivationStore], documents: Callable[[], Itera
         j = -1
         for j, contexts in enumerate(lm.iter_contexts(documents(), context_size, chunk=shard_contexts)):
             targets = [i for i, js in todo.items() if j in js]
+            asked = shard_contexts
             if j == want_shards - 1:  # the last shard holds only what the budget needs
-                contexts = contexts[: want_contexts - j * shard_contexts]
+                asked = want_contexts - j * shard_contexts
+                contexts = contexts[:asked]
+            ended = contexts.shape[0] < asked  # the split ran out inside this shard
             if targets:
                 acts = _harvest_shard(lm, contexts, [stores[i] for i in targets], forward_batch, bar)
                 for i in targets:
                     stores[i].write(j, acts[(stores[i].key.layer, stores[i].key.site)], contexts)
                 report.tokens += contexts.shape[0] * per_ctx
+            if ended:  # the whole split is stored: later runs must not take the short shard for a small budget
+                for i in todo:
+                    stores[i].mark_exhausted()
+                break
             if j >= last:
                 break
         else:  # the corpus split ended before the budget: the stores that wanted more are complete

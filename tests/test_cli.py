@@ -2,6 +2,7 @@
 import json
 import textwrap
 
+import pytest
 
 from helpers import run_cli
 
@@ -17,9 +18,9 @@ def test_default_job_end_to_end(tiny_model, tmp_path):
     for key in ("l0", "explained_variance", "ce_loss_recovered", "ce_clean", "ce_sae", "ce_zero", "kl_div",
                 "dead_fraction", "shrinkage", "mse"):
         assert isinstance(m[key], float), key
-    assert (m["arch"], m["layer"], m["site"], m["penalty"]) == ("l1", 1, "resid_post", "l1_decoder_norm")
+    assert (m["arch"], m["layer"], m["site"], m["penalty"]) == ("topk", 1, "resid_post", "none")
     assert m["steps"] == 6000 // 256 and m["d_sae"] == 4 * 32
-    assert 0 < m["l0"] <= 128 and m["explained_variance"] <= 1.0
+    assert m["l0"] == pytest.approx(32) and m["explained_variance"] <= 1.0  # the default arch: TopK, k = 32
     assert m["history"] and m["history"][0]["step"] == 10  # evaluated during training too
     assert "saefw run summary" in r.stdout and "explained_variance" in r.stdout
     for name in ("sae_weights.safetensors", "cfg.json", "config.yaml", "feature_density.png", "csv/metrics.csv",

@@ -29,7 +29,7 @@ def composer():
 def test_default_config(composer):
     cfg = composer()
     assert (cfg.model, cfg.layer, cfg.site, cfg.arch.name, cfg.penalty.name) == (
-        "smollm2-135m", 6, "resid_post", "l1", "l1_decoder_norm")
+        "smollm2-135m", 6, "resid_post", "topk", "none")
     assert set(cfg.evaluators) == {"l0", "reconstruction", "loss_recovered", "dead_features", "shrinkage",
                                    "ground_truth"}
 

@@ -145,6 +145,23 @@ def test_interrupted_harvest_resumes_after_the_last_finished_shard(tiny_model, t
         torch.testing.assert_close(store.read(i), fresh.train_store.read(i))
 
 
+def test_a_split_smaller_than_asked_is_stored_whole_once(tiny_model, tmp_path):
+    """Asking for more held-out tokens than the split has stores the whole split, marked complete, so the next run
+    harvests nothing (it used to take the short last shard for a smaller budget and harvest it again every run)."""
+    src = _hf(tiny_model, tmp_path)
+    src.prepare_keys()
+    store, = src.stores("heldout")
+    documents = src.documents(True)
+    n_contexts = sum(len(c) for c in src.lm.iter_contexts(documents(), 16, chunk=SHARD))
+    too_many = (n_contexts + 5) * PER_CTX
+    first = fill_stores(src.lm, [store], documents, too_many, SHARD, FWD)
+    m = store.manifest()
+    assert first.tokens == n_contexts * PER_CTX and m.n_contexts == n_contexts and m.exhausted
+    calls = _count_forwards(src)
+    again = fill_stores(src.lm, [store], documents, too_many, SHARD, FWD)
+    assert again.tokens == 0 and calls == []
+
+
 def test_one_harvest_fills_several_hook_points(tiny_model, tmp_path):
     src = _hf(tiny_model, tmp_path)
     src.prepare_keys()
