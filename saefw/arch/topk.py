@@ -29,8 +29,10 @@ def resolve_k(arch: str, k, k_aux, d_in: int, d_sae: int) -> tuple[int, int]:
     return k, k_aux if k_aux is not None else max(1, d_in // 2)
 
 
-# The sparse training path wins over dense matmuls while a token keeps at most this fraction of the latents
-# (measured on a 2-core CPU at d_in 576 × d_sae 4,608 and 768 × 16,384: see benchmarks/results/performance.md).
+# The sparse training path wins over dense matmuls on a CPU while a token keeps at most this fraction of the
+# latents (measured on a 2-core CPU at d_in 576 × d_sae 4,608 and 768 × 16,384: benchmarks/results/performance.md).
+# On a GPU the dense matmuls win (H200, k 32, batch 4,096: dense 1.3x faster in fp32 and 1.7x in bf16 at 576 × 4,608,
+# equal or 1.6x at 768 × 16,128: benchmarks/results/topk_sparse_vs_dense_h200.jsonl), so only the CPU takes it.
 SPARSE_MAX_DENSITY = 1 / 8
 
 
@@ -78,11 +80,11 @@ class TopKSAE(SAE):
         """Called with the training latents of the sparse path (BatchTopK updates its threshold here)."""
 
     def uses_sparse_path(self, x: Tensor) -> bool:
-        """The sparse path computes what :meth:`dense_train_forward` computes (tests/arch/test_topk_sparse.py), for
-        less, while k is small against d_sae; a subclass that redefines :meth:`train_acts` without its own
+        """The sparse path computes what :meth:`dense_train_forward` computes (tests/arch/test_fast_paths.py), for
+        less on a CPU while k is small against d_sae; a subclass that redefines :meth:`train_acts` without its own
         :meth:`select` gets the dense path, as does an input that needs its own gradient."""
         cls = type(self)
-        return (self.k <= SPARSE_MAX_DENSITY * self.d_sae and not x.requires_grad
+        return (x.device.type == "cpu" and self.k <= SPARSE_MAX_DENSITY * self.d_sae and not x.requires_grad
                 and _owner(cls, "train_acts") is _owner(cls, "select"))
 
     def train_forward(self, x, dead_mask=None) -> TrainOutput:
