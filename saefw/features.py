@@ -158,17 +158,12 @@ def features(cfg, output_dir: Path | None = None) -> dict:
     """The command: load the SAE and its model, compute or reuse the store, write the dashboard."""
     from saefw.analysis import feature_store as store
     from saefw.analysis.dashboard import decode_tokens, write_dashboard
-    from saefw.io import load_sae, sae_metadata
+    from saefw.io import hooked_sae_metadata, load_sae
     from saefw.lm import LanguageModel
 
     check_settings(cfg)
     run_dir = Path(cfg.run).expanduser()
-    if not run_dir.is_dir():
-        raise SaefwError(f"run={cfg.run!r} is not a directory")
-    meta = sae_metadata(run_dir)
-    missing = [k for k in ("model", "layer", "site") if meta.get(k) is None]
-    if missing:
-        raise SaefwError(f"{run_dir} does not say which {', '.join(missing)} its SAE reads")
+    meta = hooked_sae_metadata(run_dir, "run")
     corpus = cfg.corpus or meta.get("corpus")
     if corpus is None:
         raise SaefwError(f"{run_dir} does not name the corpus its SAE was trained on: pass corpus=<name>")

@@ -163,3 +163,15 @@ def sae_metadata(folder: Path) -> dict:
             "site": pick("site") or site, "hook_name": hook, "context_size": pick("context_size"),
             "corpus": pick("dataset_path"), "prepend_bos": pick("prepend_bos"), "penalty": pick("penalty"),
             "source": pick("source")}
+
+
+def hooked_sae_metadata(folder: Path, label: str) -> dict:
+    """:func:`sae_metadata` of a saved SAE directory that must say which model, layer and site it reads
+    (``label`` names the option that gave the folder, for the error)."""
+    if not folder.is_dir():
+        raise SaefwError(f"{label}={str(folder)!r} is not a directory")
+    meta = sae_metadata(folder)
+    missing = [k for k in ("model", "layer", "site") if meta.get(k) is None]
+    if missing:
+        raise SaefwError(f"{folder} does not say which {', '.join(missing)} its SAE reads")
+    return meta

@@ -55,20 +55,14 @@ def _run_label(meta: dict, folder: Path) -> str:
 def check_runs(runs: list[str]) -> list[tuple[Path, dict]]:
     """The runs' folders and metadata: at least two, one model, hook points strictly in forward order."""
     from saefw.analysis.ablation import depth
-    from saefw.io import sae_metadata
+    from saefw.io import hooked_sae_metadata
 
     if not isinstance(runs, (list, tuple, ListConfig)) or len(runs) < 2:
         raise SaefwError(f"runs={runs!r} must list at least two run directories: runs=[<dir L>,<dir L+1>]")
     out = []
     for r in runs:
         folder = Path(str(r)).expanduser()
-        if not folder.is_dir():
-            raise SaefwError(f"runs: {r!r} is not a directory")
-        meta = sae_metadata(folder)
-        missing = [k for k in ("model", "layer", "site") if meta.get(k) is None]
-        if missing:
-            raise SaefwError(f"{folder} does not say which {', '.join(missing)} its SAE reads")
-        out.append((folder, meta))
+        out.append((folder, hooked_sae_metadata(folder, "runs")))
     models = {m["model"] for _, m in out}
     if len(models) > 1:
         raise SaefwError(f"runs read different models ({', '.join(sorted(map(str, models)))}): relations need SAEs "
