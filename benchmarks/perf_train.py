@@ -136,7 +136,7 @@ def saefw_loop(arch: str, source, batch: int, d_sae: int, steps: int, warmup: in
     sae.initialize_from_data(torch.cat([b.float() for b in data.peek(cfg.train.init_batches)]))
     penalised = isinstance(penalty.cfg, PenaltyConfig)
     controller = SparsityController(cfg.sparsity, penalty.cfg.coefficient if penalised else 0.0,
-                                    sparsity_target(cfg) if penalised else None, plan.steps, active=penalised)
+                                    sparsity_target(cfg, sae.d_sae) if penalised else None, plan.steps, active=penalised)
     module = SAEModule(sae, penalty, controller, cfg.train, plan.steps)
     with tempfile.TemporaryDirectory(prefix="saefw-perf-") as run_dir:
         reporter = Reporter(cfg, Path(run_dir), {"arch": arch, "layer": None, "site": None})

@@ -59,9 +59,13 @@ def build_evaluators(cfg: DictConfig, source) -> list:
     return evaluators
 
 
-def sparsity_target(cfg: DictConfig) -> int:
-    """The run's L0 target: ``target_l0``, or the arch's own ``default_target_l0`` when it is null."""
-    return cfg.target_l0 if cfg.target_l0 is not None else entry("arch", cfg.arch.name).cls.default_target_l0
+def sparsity_target(cfg: DictConfig, d_sae: int | None = None) -> int:
+    """The run's L0 target: ``target_l0``, or the arch's own ``default_target_l0`` when it is null — capped at a
+    quarter of the dictionary (``d_sae // 4``), so a small SAE's default is still sparse."""
+    if cfg.target_l0 is not None:
+        return cfg.target_l0
+    default = entry("arch", cfg.arch.name).cls.default_target_l0
+    return max(1, min(default, d_sae // 4)) if d_sae else default
 
 
 def build_sae(cfg: DictConfig, d_in: int, penalty):
@@ -71,9 +75,10 @@ def build_sae(cfg: DictConfig, d_in: int, penalty):
     arch_cfg = OmegaConf.to_container(cfg.arch, resolve=True)
     if penalty.requires_unit_norm_decoder and "unit_norm_decoder" in arch_cfg:
         arch_cfg["unit_norm_decoder"] = True
+    d_sae = cfg.d_sae or cfg.expansion_factor * d_in
     if arch_cfg.get("k", 0) is None:
-        arch_cfg["k"] = sparsity_target(cfg)
-    return build("arch", arch_cfg, d_in=d_in, d_sae=cfg.d_sae or cfg.expansion_factor * d_in)
+        arch_cfg["k"] = sparsity_target(cfg, d_sae)
+    return build("arch", arch_cfg, d_in=d_in, d_sae=d_sae)
 
 
 def find_checkpoint(cfg: DictConfig, run_dir: Path, steps: int, zero: bool) -> Resume | None:
@@ -143,7 +148,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     # training
     penalised = isinstance(penalty.cfg, PenaltyConfig)  # the top-k archs' "none" penalty has no λ
-    target = sparsity_target(cfg) if (penalised and cfg.sparsity.adapt) or hasattr(sae, "k") else None
+    target = sae.k if hasattr(sae, "k") else (
+        sparsity_target(cfg, sae.d_sae) if penalised and cfg.sparsity.adapt else None)
     controller = SparsityController(cfg.sparsity, penalty.cfg.coefficient if penalised else 0.0,
                                     target if penalised else None, plan.steps, active=penalised)
     module = SAEModule(sae, penalty, controller, cfg.train, plan.steps)

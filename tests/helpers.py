@@ -131,10 +131,11 @@ def cli_env(**extra: str) -> dict:
 
 
 def spawn_cli(*args: str, cwd: Path, env: dict | None = None, log: Path | None = None) -> subprocess.Popen:
-    """``python -m saefw args...`` started in the background (output to ``log``), to be killed or waited on."""
+    """``python -m saefw args...`` started in the background (output to ``log``), to be killed or waited on; in a
+    session of its own, so ``os.killpg`` kills it with its children (W&B's service) as a scheduler kills a job."""
     out = open(log, "w") if log else subprocess.DEVNULL
     return subprocess.Popen([sys.executable, "-m", "saefw", *args], cwd=cwd, env=env or cli_env(),
-                            stdout=out, stderr=subprocess.STDOUT)
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 # An l1 SAE plugin that writes down what it trains on: one JSON line per training step (per rank) with a digest

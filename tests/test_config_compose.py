@@ -168,6 +168,9 @@ def test_tradeoff_preset_sweeps_every_builtin_arch_over_one_sparsity_knob(compos
         assert sparsity_target(c) == 16
         assert getattr(build_sae(c, 8, NonePenalty(None)), "k", 16) == 16
     assert sparsity_target(composer("arch=l1")) == entry("arch", "l1").cls.default_target_l0
+    # a default is capped at a quarter of a small dictionary; a target the user sets is not
+    assert sparsity_target(composer("arch=l1"), d_sae=128) == 32
+    assert sparsity_target(composer("arch=l1", "target_l0=100"), d_sae=128) == 100
 
 
 def test_every_launcher_preset_composes(composer):

@@ -101,7 +101,8 @@ def test_slurm_tasks_on_two_nodes(ddp_runs, tiny_model, tmp_path):
         env = cli_env(SAEFW_STORE=str(stores), SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="1", SLURM_NNODES="2",
                       SLURM_PROCID=str(rank), SLURM_LOCALID="0", SLURM_NODEID=str(rank), SLURM_JOB_NAME="saefw",
                       SLURM_JOB_ID="4242", SLURM_NODELIST="127.0.0.1", MASTER_PORT="29531")
-        procs.append(spawn_cli(f"model={tiny_model}", *DDP_RUN, "trainer.strategy=ddp", "trainer.devices=1",
+        procs.append(spawn_cli(f"model={tiny_model}", *DDP_RUN, "arch=l1", "trainer.strategy=ddp",
+                               "trainer.devices=1",
                                "trainer.num_nodes=2", f"hydra.run.dir={run_dir}", cwd=tmp_path, env=env,
                                log=tmp_path / f"task{rank}.log"))
     codes = [p.wait(timeout=600) for p in procs]
@@ -121,7 +122,8 @@ def test_every_job_of_a_multirun_trains_on_two_ranks(tiny_model, tmp_path):
     """Each job starts its own ranks (python -m saefw <the job's overrides> hydra.run.dir=<the job's dir>); the
     ranks of one job are gone before the next starts (a second job must not wait for the first one's ranks)."""
     sweep = tmp_path / "sweep"
-    r = run_cli("-m", f"model={tiny_model}", *DDP_RUN, "total_tokens=1280", "trainer.strategy=ddp",
+    r = run_cli("-m", f"model={tiny_model}", *DDP_RUN, "arch=l1", "total_tokens=1280",
+                "trainer.strategy=ddp",
                 "trainer.devices=2", "wandb.mode=disabled", "seed=0,1", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
                 timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -2,6 +2,7 @@
 twice, none missed), the same W&B run, the evaluation history and the CSV log kept."""
 import csv
 import json
+import os
 import re
 import signal
 import time
@@ -45,7 +46,7 @@ def runs(tiny_model, tmp_path_factory):
         assert proc.poll() is None, (tmp / "killed.log").read_text()[-3000:]
         assert time.time() < deadline, "no second checkpoint within 300 s"
         time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # the job and its children, as a scheduler or the OOM killer of a cgroup
     proc.wait()
     steps_before_kill = len(read_ledger(ledger))
     assert proc.returncode == -signal.SIGKILL and not (killed / "metrics.json").exists()
