@@ -28,7 +28,8 @@ KEYS = ("l0", "explained_variance", "explained_variance_se", "ce_loss_recovered"
 def run_case(arch: str, layer: int, site: str, out: Path, extra: list[str]) -> dict:
     run_dir = out / f"{arch}_L{layer}_{site}"
     cmd = [sys.executable, "-m", "saefw", f"arch={arch}", f"layer={layer}", f"site={site}",
-           f"hydra.run.dir={run_dir}", "wandb.mode=disabled", "trainer.enable_progress_bar=false", *extra]
+           f"hydra.run.dir={run_dir}", "resume=false", "wandb.mode=disabled", "trainer.enable_progress_bar=false",
+           *extra]
     t0 = time.time()
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(REPO)})

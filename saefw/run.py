@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("saefw")
 LM_KEYS = ("model", "layer", "site")
+TRAINING_KEYS = ("lr", "adam_beta1", "adam_beta2", "lr_warmup_steps", "lr_decay_fraction", "init_batches",
+                 "dead_window_tokens")
 
 
 def check_combination(arch: str, penalty: str) -> None:
@@ -160,12 +162,17 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     identity = {"arch": cfg.arch.name, "penalty": cfg.penalty.name, "source": cfg.source.name, **lm_keys,
                 "d_in": source.d_in, "d_sae": sae.d_sae, "seed": cfg.seed, "steps": plan.steps,
                 "batch_size": plan.batch_size}
+    # what else shapes the training: a rerun in a finished run's dir with another target or lr is a new run
+    training = {"target_l0": target, "arch_config": OmegaConf.to_container(cfg.arch, resolve=True),
+                "penalty_config": OmegaConf.to_container(cfg.penalty, resolve=True),
+                "sparsity": OmegaConf.to_container(cfg.sparsity, resolve=True),
+                **{f"train.{k}": cfg.train[k] for k in TRAINING_KEYS}}
     if resume is not None:
-        check_identity(resume, identity)
+        check_identity(resume, {**identity, **training})
     reporter = Reporter(cfg, run_dir, {**{k: v for k, v in identity.items() if k not in ("steps", "batch_size")},
                                        "target_l0": target}, write=zero, resume_state=resume.state if resume else None,
                         resume_step=resume.step if resume else None)
-    trainer = _trainer(cfg, plan, run_dir, source, evaluators, reporter, identity)
+    trainer = _trainer(cfg, plan, run_dir, source, evaluators, reporter, {**identity, **training})
     check_global_batch(plan.batch_size, trainer.world_size)  # before any other rank is started
     data_record = {"activation_store": source.store_status}
     try:

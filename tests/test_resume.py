@@ -106,18 +106,21 @@ def test_rerunning_a_finished_run_resumes_at_its_end_and_resume_false_starts_ove
 
     done = tmp_path / "done"
     shutil.copytree(runs["full"], done)
-    ledger_args, ledger = install_ledger(tmp_path)
-    args = [f"model={tiny_model}", *RESUME_RUN, *ledger_args, f"hydra.run.dir={done}", "wandb.mode=disabled"]
+    install_ledger(tmp_path)  # the plugin, found in the working directory
+    ledger = runs["ledger_full"]  # the same arch options as the finished run (its ledger folder included)
+    before = len(read_ledger(ledger))
+    args = [f"model={tiny_model}", *RESUME_RUN, "arch=ledger_l1", f"arch.ledger_dir={ledger}",
+            f"hydra.run.dir={done}", "wandb.mode=disabled"]
     r = run_cli(*args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resuming from {done}/checkpoints/step-00000120.ckpt (step 120 of 120)" in r.stdout
-    assert read_ledger(ledger) == []  # nothing trained again: evaluated only
+    assert len(read_ledger(ledger)) == before  # nothing trained again: evaluated only
     full = json.loads((runs["full"] / "metrics.json").read_text())
     assert json.loads((done / "metrics.json").read_text())["l0"] == full["l0"]
     r = run_cli(*args, "resume=false", "total_tokens=1280", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resume=false: removed 2 checkpoint(s) of an earlier attempt" in r.stdout
-    assert len(read_ledger(ledger)) == 20
+    assert len(read_ledger(ledger)) == before + 20
 
 
 def test_resume_true_without_a_checkpoint_and_a_changed_budget_are_errors(runs, tiny_model, tmp_path):
@@ -135,3 +138,19 @@ def test_resume_true_without_a_checkpoint_and_a_changed_budget_are_errors(runs, 
     line = next(ln for ln in r.stderr.splitlines() if ln.startswith("error:"))
     assert line.startswith(f"error: cannot resume from {other}/checkpoints/step-00000120.ckpt: it was trained "
                            f"with arch='ledger_l1' (this run: 'l1'), steps=120 (this run: 100)")
+
+
+def test_a_changed_training_setting_is_not_resumed(runs, tiny_model, tmp_path):
+    """Re-running a finished run's command with another lr (or target, penalty, arch option) in its dir is a new
+    run, not a resume: refused, naming the setting."""
+    import shutil
+
+    install_ledger(tmp_path)
+    other = tmp_path / "other"
+    shutil.copytree(runs["full"], other)
+    r = run_cli(f"model={tiny_model}", *RESUME_RUN, "arch=ledger_l1", f"arch.ledger_dir={runs['ledger_full']}",
+                "train.lr=0.01", f"hydra.run.dir={other}", "wandb.mode=disabled", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    line = next(ln for ln in r.stderr.splitlines() if ln.startswith("error:"))
+    assert line.startswith(f"error: cannot resume from {other}/checkpoints/step-00000120.ckpt: it was trained "
+                           f"with train.lr=0.001 (this run: 0.01)"), line

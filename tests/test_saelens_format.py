@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import sae_lens
 from sae_lens import SAE
 from sae_lens.saes import (BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig, GatedSAEConfig, GatedTrainingSAE,
                            GatedTrainingSAEConfig, JumpReLUSAE, JumpReLUSAEConfig, JumpReLUTrainingSAE,
@@ -43,7 +44,7 @@ def test_saefw_directory_loads_in_saelens_and_agrees(tmp_path, arch):
     sae = random_saefw(arch)
     save_sae(sae, tmp_path, {"model_name": "m", "hook_name": "blocks.2.hook_resid_post", "context_size": 32})
     theirs = SAE.load_from_disk(tmp_path)
-    assert type(theirs).__name__ == ARCHS[arch][1]
+    assert isinstance(theirs, getattr(sae_lens, ARCHS[arch][1]))
     assert theirs.cfg.metadata.hook_name == "blocks.2.hook_resid_post" and theirs.cfg.metadata.model_name == "m"
     x = torch.randn(200, D_IN) * 3
     f = assert_same_function(sae, theirs, x)
@@ -216,7 +217,7 @@ def test_cli_trained_run_directories_load_in_saelens(trained_runs, tiny_model):
     x = tiny_activations(tiny_model, layer=1, site="resid_post")
     for arch, run_dir in trained_runs.items():
         theirs = SAE.load_from_disk(run_dir)
-        assert type(theirs).__name__ == ARCHS[arch][1], arch
+        assert isinstance(theirs, getattr(sae_lens, ARCHS[arch][1])), arch
         assert theirs.cfg.metadata.hook_name == "blocks.1.hook_resid_post"
         assert theirs.cfg.metadata.model_name == str(tiny_model)
         f = assert_same_function(load_sae(run_dir), theirs, x)
