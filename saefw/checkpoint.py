@@ -133,6 +133,9 @@ class Checkpointer(pl.Callback):
             return
         self._saved_step = step
         path = self.folder / f"step-{step:08d}.ckpt"
+        if trainer.is_global_zero:  # the logs up to this step reach the disk before the checkpoint that resumes them
+            for logger in trainer.loggers:
+                logger.save()
         trainer.save_checkpoint(path, weights_only=False)  # the full training state, not only the weights
         if trainer.is_global_zero:
             _link(self.folder / LAST, path.name)

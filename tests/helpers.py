@@ -23,7 +23,7 @@ def run_cli(*args: str, cwd: Path, timeout: int = 600, extra_path: Path | None =
     """The real CLI (``python -m <module>``) in a subprocess, as a user runs it; ``extra_path`` plays an
     installed site dir."""
     path = os.pathsep.join(str(p) for p in (extra_path, REPO) if p)
-    env = {**os.environ, "PYTHONPATH": path, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env = {**_parent_env(), "PYTHONPATH": path, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -124,9 +124,16 @@ def zero_penalty(s):
     return s.W_dec.sum() * 0.0
 
 
+def _parent_env() -> dict:
+    """This process's environment without WANDB_SERVICE: a test that used W&B in process leaves its service's
+    address there, and a CLI child would log through that shared service, which still holds the run id of a
+    killed child ("run ID is in use" on resume). A user's shell has no such variable."""
+    return {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+
+
 def cli_env(**extra: str) -> dict:
-    """The environment ``run_module``/``run_cli`` give the CLI (offline W&B, offline hub, this checkout first)."""
-    return {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+    """The environment ``spawn_cli`` gives the CLI (offline W&B, offline hub, this checkout first)."""
+    return {**_parent_env(), "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
             "HF_HUB_OFFLINE": "1", **extra}
 
 
