@@ -47,6 +47,7 @@ def run_mode(mode: str, layer: int, store_dir: Path, work: Path) -> dict:
             "harvest_seconds_jobs": round(sum(j.get("harvest_seconds", 0) for j in jobs), 1),
             "harvest_seconds_prefetch": round(prefetch, 1) if mode != "off" else 0.0,
             "train_seconds": round(sum(j.get("train_seconds", 0) for j in jobs), 1),
+            "evaluate_seconds": round(sum(j.get("timings", {}).get("evaluate", 0) for j in jobs), 1),
             "job_seconds": round(sum(j.get("wall_seconds", 0) for j in jobs), 1),
             "store": sorted({j.get("activation_store") for j in jobs}), "peak_rss_mb": round(peak_kb / 1024),
             "error": None if r.returncode == 0 else log[-800:]}
@@ -68,19 +69,23 @@ def main() -> None:
         rows.append(run_mode(mode, args.layer, store_dir, work))
         print(json.dumps(rows[-1]), flush=True)
     size = sum(f.stat().st_size for f in store_dir.rglob("*") if f.is_file()) if store_dir.exists() else 0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     meta = {"sweep": SWEEP + [f"layer={args.layer}"], "machine": f"{os.cpu_count()}-core CPU, fp32",
             "store_bytes": size}
+    write_results(rows, meta, Path(args.out))
+
+
+def write_results(rows: list[dict], meta: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     (out / "sweep_store.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = [f"# One harvest per sweep: `python -m saefw -m {' '.join(meta['sweep'])}`", "",
-             f"{meta['machine']}. Store on disk after the cold sweep: {size / 1e6:.0f} MB.", "",
-             "| store | wall s | harvest s (jobs + prefetch) | jobs' own s | train s | activation_store | peak RSS MB |",
-             "|---|---|---|---|---|---|---|"]
+             f"{meta['machine']}. Store on disk after the cold sweep: {meta['store_bytes'] / 1e6:.0f} MB.",
+             *([meta["remark"]] if meta.get("remark") else []), "",
+             "| store | wall s | harvest s (jobs + prefetch) | jobs' own s | train s | final evaluations s | "
+             "activation_store | peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['mode']} | {r['wall_seconds']:.0f} | {r['harvest_seconds_jobs'] + r['harvest_seconds_prefetch']:.0f} "
-                     f"| {r['job_seconds']:.0f} | {r['train_seconds']:.0f} | {', '.join(map(str, r['store']))} | "
-                     f"{r['peak_rss_mb']} |")
+                     f"| {r['job_seconds']:.0f} | {r['train_seconds']:.0f} | {r.get('evaluate_seconds', 0):.0f} | "
+                     f"{', '.join(map(str, r['store']))} | {r['peak_rss_mb']} |")
     (out / "sweep_store.md").write_text("\n".join(lines) + "\n")
 
 

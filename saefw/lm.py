@@ -311,6 +311,29 @@ class LanguageModel:
         with self._hook(splice):
             return self.model(tokens.to(self.device), use_cache=False).logits.float()
 
+    @torch.no_grad()
+    def logits_and_final(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Clean logits [B, T, V] and the unembedding's input [B, T, d] (the last hidden state, after the final
+        norm), so :meth:`unembed` can later recompute the clean logits without running the model again."""
+        seen: dict[str, Tensor] = {}
+        handle = self.model.get_output_embeddings().register_forward_pre_hook(
+            lambda module, args: seen.__setitem__("h", args[0].detach()))
+        try:
+            logits = self.model(tokens.to(self.device), use_cache=False).logits.float()
+        finally:
+            handle.remove()
+        return logits, seen["h"]
+
+    @torch.no_grad()
+    def unembed(self, final: Tensor) -> Tensor:
+        """Logits [B, T, V] from the unembedding's input (see :meth:`logits_and_final`)."""
+        head = self.model.get_output_embeddings()
+        return head(final.to(self.device, next(head.parameters()).dtype)).float()
+
+    @property
+    def precision_tag(self) -> str:
+        """What a cached clean forward depends on beyond the tokens: the weights' dtype and the device type."""
+        return f"{str(next(self.model.parameters()).dtype).removeprefix('torch.')}_{self.device.type}"
 
     @torch.no_grad()
     def generate(self, tokens: Tensor, max_new_tokens: int, replace: Callable[[Tensor], Tensor] | None = None,
@@ -353,8 +376,9 @@ class LanguageModel:
         return out[:, tokens.shape[1]:].cpu()
 
 
-def next_token_ce(logits: Tensor, tokens: Tensor) -> Tensor:
-    """Per-position CE [B, T−2] of predicting token t+1 from positions 1..T−2 (BOS position excluded)."""
-    lp = torch.log_softmax(logits[:, 1:-1], dim=-1)
+def next_token_ce(logits: Tensor, tokens: Tensor, log_probs: Tensor | None = None) -> Tensor:
+    """Per-position CE [B, T−2] of predicting token t+1 from positions 1..T−2 (BOS position excluded).
+    ``log_probs``: ``log_softmax(logits[:, 1:-1])`` when the caller already has it (it costs a pass over B·T·V)."""
+    lp = torch.log_softmax(logits[:, 1:-1], dim=-1) if log_probs is None else log_probs
     target = tokens[:, 2:].to(lp.device)
     return -lp.gather(-1, target.unsqueeze(-1)).squeeze(-1)

@@ -39,3 +39,15 @@ def trained_runs(tiny_model, tmp_path_factory) -> dict[str, Path]:
                 "hydra.sweep.subdir=${hydra:runtime.choices.arch}", cwd=root, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return {arch: root / arch for arch in archs}
+
+
+@pytest.fixture(scope="session")
+def openai_server(tiny_model, tmp_path_factory):
+    """(base URL, model dir) of one real OpenAI-compatible server (``transformers serve`` on 127.0.0.1) shared
+    by every test that talks to one: starting it costs tens of seconds."""
+    from openai_server import chat_model, transformers_serve
+
+    root = tmp_path_factory.mktemp("openai-server")
+    model = chat_model(tiny_model, root / "model")
+    with transformers_serve(model, root / "serve.log") as url:
+        yield url, model

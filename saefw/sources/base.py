@@ -51,8 +51,9 @@ class ActivationSource:
     def eval_batches(self, batch_size: int) -> Iterator[Tensor]:
         raise NotImplementedError
 
-    def cached(self, name: str, compute: Callable[[], dict]) -> dict:
-        """``compute()`` once per source and ``name`` (sources with a store keep it on disk across runs)."""
+    def cached(self, name: str, compute: Callable[[], dict], tensors: bool = False) -> dict:
+        """``compute()`` once per source and ``name`` (sources with a store keep it on disk across runs);
+        ``tensors=True``: the dict's values are tensors (kept as safetensors rather than JSON)."""
         memo = self.__dict__.setdefault("_memo", {})
         if name not in memo:
             memo[name] = compute()

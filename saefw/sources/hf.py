@@ -13,9 +13,11 @@ from pathlib import Path
 
 import torch
 from omegaconf import II
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from saefw.atomic import write_json
+from saefw.atomic import atomic_path, write_json
 from saefw.corpus import Corpus, split_documents
 from saefw.errors import SaefwError
 from saefw.harvest import fill_stores
@@ -211,22 +213,28 @@ class HFActivationSource(ActivationSource):
         per_batch = max(1, batch_size // self.tokens_per_context) * self.tokens_per_context
         yield from self._eval_acts.split(per_batch)
 
-    # --- a small on-disk cache beside the held-out store (ce_clean / ce_zero per context) ---
-    def cached(self, name: str, compute: Callable[[], dict]) -> dict:
-        """``compute()`` once per held-out store and ``name``; kept as JSON in the store folder."""
+    # --- a small on-disk cache beside the held-out store (ce_zero per context, the clean final hidden states) ---
+    def cached(self, name: str, compute: Callable[[], dict], tensors: bool = False) -> dict:
+        """``compute()`` once per held-out store and ``name``; kept in the store folder as JSON, or as safetensors
+        when ``tensors``. A file that cannot be read is recomputed (and rewritten), with a warning."""
         memo = self.__dict__.setdefault("_memo", {})
         if name in memo:
             return memo[name]
-        path = self.eval_store.path / f"cache-{name}.json" if self.cfg.store else None
+        path = (self.eval_store.path / f"cache-{name}.{'safetensors' if tensors else 'json'}"
+                if self.cfg.store else None)
         if path is not None and path.is_file():
             try:
-                memo[name] = json.loads(path.read_text())
+                memo[name] = load_file(path) if tensors else json.loads(path.read_text())
                 return memo[name]
-            except json.JSONDecodeError:
-                log.warning("ignoring corrupt cache file %s", path)
+            except (json.JSONDecodeError, SafetensorError, OSError) as exc:
+                log.warning("ignoring unreadable cache file %s (%s)", path, exc)
         memo[name] = compute()
         if path is not None:
-            write_json(path, memo[name], indent=None)
+            if tensors:
+                with atomic_path(path) as tmp:
+                    save_file({k: v.contiguous().cpu() for k, v in memo[name].items()}, str(tmp))
+            else:
+                write_json(path, memo[name], indent=None)
         return memo[name]
 
     def describe(self) -> dict:

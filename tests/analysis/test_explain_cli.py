@@ -7,7 +7,7 @@ import torch
 
 from feature_helpers import copy_sae, trained_run
 from helpers import read_csv, run_cli
-from openai_server import chat_model, free_port, transformers_serve
+from openai_server import chat_model, free_port
 from saefw.interp.metrics import binary_scores
 from saefw.interp.parsing import parse_labels
 from saefw.interp.results import CSV_COLUMNS
@@ -28,17 +28,9 @@ def features_run(tmp_path_factory, tiny_model):
 
 
 @pytest.fixture(scope="module")
-def served(tiny_model, tmp_path_factory):
-    root = tmp_path_factory.mktemp("explain-server")
-    model = chat_model(tiny_model, root / "model")
-    with transformers_serve(model, root / "serve.log") as url:
-        yield url, model
-
-
-@pytest.fixture(scope="module")
-def openai_result(features_run, served):
+def openai_result(features_run, openai_server):
     run, data, full = features_run
-    url, model = served
+    url, model = openai_server
     feats = full[:2]
     r = run_cli(f"run={run}", "explainer=openai", f"explainer.base_url={url}",
                    f"explainer.model={model}", "explainer.api_key_env=null", "explainer.concurrency=3",
@@ -48,11 +40,11 @@ def openai_result(features_run, served):
     return r, feats, json.loads((run / "explanations" / "explanations.json").read_text())
 
 
-def test_explain_with_a_real_openai_compatible_server(features_run, served, openai_result):
+def test_explain_with_a_real_openai_compatible_server(features_run, openai_server, openai_result):
     from transformers import AutoTokenizer
 
     run, data, _ = features_run
-    _, model = served
+    _, model = openai_server
     r, feats, results = openai_result
     assert "explaining 2 features" in r.stderr and "scoring 2 explanations" in r.stderr  # progress bars
     assert f"saefw explain (openai: {model})" in r.stdout

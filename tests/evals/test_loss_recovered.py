@@ -61,3 +61,54 @@ def test_loss_recovered_matches_manual_splice(tiny_models):
     tok = tok[:2]
     assert partial["ce_clean"] == pytest.approx(ce(forward(lambda h: h)), rel=1e-5)
     assert (src.eval_store.path / "cache-ce_zero_2.json").is_file()
+
+
+def _source_and_sae(tiny_models, store_dir, n_ctx=4):
+    discover()
+    src = build("source", {"name": "hf", "model": str(tiny_models["gpt2"]), "layer": 1, "site": "resid_post",
+                           "context_size": 12, "eval_contexts": n_ctx, "store_dir": str(store_dir)},
+                spec=RunSpec(seed=0, train_tokens=1000))
+    src.setup()
+    torch.manual_seed(0)
+    return src, build("arch", {"name": "l1"}, d_in=src.d_in, d_sae=64)
+
+
+def _counting_forwards(model):
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    return calls
+
+
+def test_a_later_evaluation_reuses_the_cached_clean_forward(tiny_models, tmp_path):
+    src, sae = _source_and_sae(tiny_models, tmp_path)
+    ev = build("evaluator", {"batch_contexts": 2}, name="loss_recovered")
+    first = run_evaluators(sae, src, [ev])
+    cache = list(src.eval_store.path.glob("cache-clean_final_4_*.safetensors"))
+    assert len(cache) == 1 and "float32_cpu" in cache[0].name
+    # a new source object (a later run) reads the cache from disk: one forward per batch, the spliced one
+    src2, _ = _source_and_sae(tiny_models, tmp_path)
+    calls = _counting_forwards(src2.lm.model)
+    second = run_evaluators(sae, src2, [ev])
+    assert len(calls) == 2  # 4 contexts in batches of 2
+    for key in ("ce_clean", "ce_sae", "ce_zero", "ce_loss_recovered", "kl_div"):
+        assert second[key] == pytest.approx(first[key], rel=1e-6, abs=1e-9), key
+
+
+def test_logits_changed_after_the_unembedding_fall_back_to_the_clean_forward(tiny_models, tmp_path):
+    src, sae = _source_and_sae(tiny_models, tmp_path)
+    model = src.lm.model
+
+    def soft_cap(module, args, out):  # like Gemma 2's final-logit soft-capping: the unembedding alone is not enough
+        out.logits = 3.0 * torch.tanh(out.logits / 3.0)
+        return out
+    model.register_forward_hook(soft_cap)
+    ev = build("evaluator", {"batch_contexts": 2}, name="loss_recovered")
+    out = run_evaluators(sae, src, [ev])
+    tok = src.eval_tokens
+    with torch.no_grad():
+        clean = model(tok).logits
+    ce = F.cross_entropy(clean[:, 1:-1].reshape(-1, clean.shape[-1]), tok[:, 2:].reshape(-1)).item()
+    assert out["ce_clean"] == pytest.approx(ce, rel=1e-5)
+    calls = _counting_forwards(model)
+    run_evaluators(sae, src, [ev])
+    assert len(calls) == 4  # clean and spliced forward per batch: the cache said the shortcut is not exact

@@ -5,23 +5,15 @@ import socket
 
 import pytest
 
-from openai_server import chat_model, free_port, transformers_serve
+from openai_server import free_port
 from saefw.errors import SaefwError
 from saefw.registry import build, discover
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model, tmp_path_factory):
-    root = tmp_path_factory.mktemp("openai-plugin")
-    model = chat_model(tiny_model, root / "model")
-    with transformers_serve(model, root / "serve.log") as url:
-        yield url, model
-
-
-def test_openai_chat_through_a_real_server(server):
+def test_openai_chat_through_a_real_server(openai_server):
     from transformers import AutoTokenizer
 
-    url, model = server
+    url, model = openai_server
     discover()
     chat = build("explainer", {"name": "openai", "base_url": url, "model": str(model), "api_key_env": None,
                                "concurrency": 2, "timeout": 60, "price_input_per_mtok": 0.5,

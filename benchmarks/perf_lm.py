@@ -1,0 +1,148 @@
+"""Harvest and evaluation against the machine: the language-model side of a run, as a fraction of the matmul peak
+of the model's own layers, measured in the same process.
+
+    python benchmarks/perf_lm.py [--layers 6 25] [--harvest-tokens 20000]
+
+* ``harvest``: the real harvest path (:func:`saefw.harvest.fill_stores`, into a fresh store folder): tokens/s of
+  the forward that stops at the hooked layer, disk writes included;
+* ``evaluation``: seconds of one final ``loss_recovered`` evaluation over the held-out split (a random TopK SAE:
+  the cost does not depend on training), first with empty caches (ce_zero and the clean forward computed), then as
+  every later evaluation pays it (one SAE-spliced forward + the unembedding of the cached clean states);
+* ``peak``: GFLOP/s of ``torch.mm`` at exactly the shapes of the model's linear layers (one block's, and the
+  unembedding) and the forward's batch of tokens, into preallocated outputs.
+
+FLOP per token: 2 × the parameters of the linear layers a forward runs (the blocks up to the hooked layer for a
+harvest; every block plus the unembedding for a forward to logits; attention's T² terms, < 5 % at T = 128, are
+left out, which slightly understates the achieved fraction). ``fraction_of_peak`` = the time those matmuls would
+take at the measured peak ÷ the time taken. Writes ``benchmarks/results/perf_lm.{json,md}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from saefw.evals.base import run_evaluators
+from saefw.lm import block_list
+from saefw.registry import build, discover
+from saefw.sources.base import RunSpec
+
+
+def linear_shapes(module: nn.Module) -> list[tuple[int, int]]:
+    return [(m.in_features, m.out_features) for m in module.modules() if isinstance(m, nn.Linear)]
+
+
+def mm_seconds(shapes: list[tuple[int, int]], n_tokens: int, reps: int = 5) -> float:
+    """Median seconds of one ``x @ Wᵀ`` per shape at ``n_tokens`` rows, outputs preallocated (one warm-up)."""
+    g = torch.Generator().manual_seed(0)
+    xs = {i: torch.randn(n_tokens, i, generator=g) for i, _ in shapes}
+    ws = [torch.randn(o, i, generator=g) for i, o in shapes]
+    outs = [torch.empty(n_tokens, o) for _, o in shapes]
+
+    def run():
+        for (i, _), w, out in zip(shapes, ws, outs):
+            torch.mm(xs[i], w.t(), out=out)
+
+    run()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+class Peak:
+    """The model's matmuls at the measured peak: ideal seconds per token of a block and of the unembedding."""
+
+    def __init__(self, model: nn.Module, n_tokens: int):
+        self.block = linear_shapes(block_list(model)[0])
+        self.head = linear_shapes(model.get_output_embeddings())
+        self.block_flop = 2 * sum(i * o for i, o in self.block)
+        self.head_flop = 2 * sum(i * o for i, o in self.head)
+        self.block_s = mm_seconds(self.block, n_tokens) / n_tokens
+        self.head_s = mm_seconds(self.head, n_tokens) / n_tokens
+
+    def gflops(self) -> dict:
+        return {"block_gflops": round(self.block_flop / self.block_s / 1e9, 1),
+                "unembed_gflops": round(self.head_flop / self.head_s / 1e9, 1)}
+
+
+def measure(model: str, layer: int, harvest_tokens: int, work: Path) -> dict:
+    src = build("source", {"name": "hf", "model": model, "layer": layer, "site": "resid_post",
+                           "store_dir": str(work / f"L{layer}")}, spec=RunSpec(seed=0, train_tokens=harvest_tokens))
+    src.setup()  # harvests the training budget and the held-out split into the empty folder
+    tokens = sum(store.manifest().n_tokens for store in (src.train_store, src.eval_store))
+    lm = src.lm
+    peak = Peak(lm.model, src.cfg.forward_batch_size * src.cfg.context_size)
+    blocks = layer + 1  # resid_post of layer L: blocks 0..L
+    harvest_ideal = tokens * blocks * peak.block_s
+    row = {"layer": layer, "n_layers": lm.n_layers, **peak.gflops(),
+           "harvest_tokens": tokens, "harvest_seconds": round(src.harvest_seconds, 2),
+           "harvest_tokens_per_s": round(tokens / src.harvest_seconds),
+           "harvest_fraction_of_peak": round(harvest_ideal / src.harvest_seconds, 3)}
+
+    torch.manual_seed(0)
+    sae = build("arch", {"name": "topk", "k": 32}, d_in=src.d_in, d_sae=8 * src.d_in)
+    ev = build("evaluator", {}, name="loss_recovered")
+    eval_tokens = src.eval_tokens.numel()
+    times = []
+    for _ in range(2):  # first: caches empty (ce_zero, clean forward); second: what every later evaluation pays
+        t = time.perf_counter()
+        run_evaluators(sae, src, [ev])
+        times.append(time.perf_counter() - t)
+    forward = lm.n_layers * peak.block_s + peak.head_s  # one full forward to logits, per token
+    steady_ideal = eval_tokens * (forward + peak.head_s)  # spliced forward + unembedding of the cached states
+    first_ideal = eval_tokens * 3 * forward  # zero-ablated, clean and spliced forwards
+    row.update({"eval_contexts": len(src.eval_tokens), "eval_tokens": eval_tokens,
+                "eval_seconds_first": round(times[0], 2), "eval_seconds": round(times[1], 2),
+                "eval_fraction_of_peak_first": round(first_ideal / times[0], 3),
+                "eval_fraction_of_peak": round(steady_ideal / times[1], 3)})
+    return row
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    lines = ["# Harvest and evaluation against the matmul peak of the model's own layers", "",
+             f"{meta['model']}, {meta['machine']}, torch {meta['torch']}, {meta['threads']} threads, fp32. "
+             "Fraction of peak = ideal matmul time at the peak measured in the same run ÷ time taken.", "",
+             "| layer | peak GFLOP/s (block / unembed) | harvest tokens/s | harvest fraction | eval s (first) | "
+             "eval s (later) | eval fraction (later) |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['layer']} | {r['block_gflops']:.0f} / {r['unembed_gflops']:.0f} | "
+                     f"{r['harvest_tokens_per_s']:,} | {r['harvest_fraction_of_peak']:.2f} | "
+                     f"{r['eval_seconds_first']:.1f} | {r['eval_seconds']:.1f} | {r['eval_fraction_of_peak']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--layers", type=int, nargs="*", default=[6, 25])
+    ap.add_argument("--harvest-tokens", type=int, default=20_000)
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    args = ap.parse_args()
+    discover()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="saefw-perf-lm-") as work:
+        for layer in args.layers:
+            rows.append(measure(args.model, layer, args.harvest_tokens, Path(work)))
+            print(json.dumps(rows[-1]), flush=True)
+    meta = {"model": args.model, "machine": f"{os.cpu_count()}-core {platform.machine()} CPU",
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "perf_lm.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    (out / "perf_lm.md").write_text(markdown(rows, meta))
+    print(markdown(rows, meta))
+
+
+if __name__ == "__main__":
+    main()
