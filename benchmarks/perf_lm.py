@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from perf_train import median_seconds  # benchmarks/ is on sys.path when a script here runs
 from saefw.evals.base import run_evaluators
 from saefw.lm import block_list
 from saefw.registry import build, discover
@@ -51,13 +51,7 @@ def mm_seconds(shapes: list[tuple[int, int]], n_tokens: int, reps: int = 5) -> f
         for (i, _), w, out in zip(shapes, ws, outs):
             torch.mm(xs[i], w.t(), out=out)
 
-    run()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return median_seconds(run, reps)
 
 
 class Peak:

@@ -31,6 +31,17 @@ from saefw.sources.base import ActivationSource, RunSpec
 DENSE_FLOP_PER_TOKEN = 10  # × d_in·d_sae: 2 forward matmuls + 3 backward (∇W_dec, ∇f, ∇W_enc), 2 FLOP per MAC
 
 
+def median_seconds(fn, reps: int) -> float:
+    """Median wall time of ``fn()`` over ``reps`` calls after one untimed warm-up call."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
 def matmul_peak(d_in: int, d_sae: int, batch: int, reps: int = 4) -> float:
     """GFLOP/s of the five dense-step matmuls at these shapes, into preallocated outputs (so no allocation or page
     fault is timed: the machine's matmul alone); median of ``reps`` timings after one warm-up."""
@@ -48,13 +59,7 @@ def matmul_peak(d_in: int, d_sae: int, batch: int, reps: int = 4) -> float:
         torch.mm(x_hat, w_dec.t(), out=gf)  # ∇f = g·W_decᵀ
         torch.mm(x.t(), gf, out=g_enc)  # ∇W_enc = xᵀ·∇z
 
-    step()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return DENSE_FLOP_PER_TOKEN * batch * d_in * d_sae / statistics.median(times) / 1e9
+    return DENSE_FLOP_PER_TOKEN * batch * d_in * d_sae / median_seconds(step, reps) / 1e9
 
 
 class MemorySource(ActivationSource):
@@ -121,9 +126,7 @@ def saefw_loop(arch: str, source, batch: int, d_sae: int, steps: int, warmup: in
     from saefw.plan import RunPlan
     from saefw.registry import build
     from saefw.report import Reporter
-    from saefw.penalties.base import PenaltyConfig
-    from saefw.run import _trainer, build_sae, sparsity_target
-    from saefw.sparsity import SparsityController
+    from saefw.run import _trainer, build_sae, sparsity_control
     from saefw.train import ActivationDataModule, SAEModule
 
     cfg = compose_run_config(arch, batch, d_sae, steps, overrides)
@@ -134,9 +137,7 @@ def saefw_loop(arch: str, source, batch: int, d_sae: int, steps: int, warmup: in
     sae = build_sae(cfg, source.d_in, penalty)
     data = ActivationDataModule(source, plan.batch_size, plan.steps)
     sae.initialize_from_data(torch.cat([b.float() for b in data.peek(cfg.train.init_batches)]))
-    penalised = isinstance(penalty.cfg, PenaltyConfig)
-    controller = SparsityController(cfg.sparsity, penalty.cfg.coefficient if penalised else 0.0,
-                                    sparsity_target(cfg, sae.d_sae) if penalised else None, plan.steps, active=penalised)
+    _, controller = sparsity_control(cfg, sae, penalty, plan.steps)
     module = SAEModule(sae, penalty, controller, cfg.train, plan.steps)
     with tempfile.TemporaryDirectory(prefix="saefw-perf-") as run_dir:
         reporter = Reporter(cfg, Path(run_dir), {"arch": arch, "layer": None, "site": None})

@@ -319,7 +319,7 @@ class LanguageModel:
         handle = self.model.get_output_embeddings().register_forward_pre_hook(
             lambda module, args: seen.__setitem__("h", args[0].detach()))
         try:
-            logits = self.model(tokens.to(self.device), use_cache=False).logits.float()
+            logits = self.logits(tokens)
         finally:
             handle.remove()
         return logits, seen["h"]

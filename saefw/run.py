@@ -83,6 +83,19 @@ def build_sae(cfg: DictConfig, d_in: int, penalty):
     return build("arch", arch_cfg, d_in=d_in, d_sae=d_sae)
 
 
+def sparsity_control(cfg: DictConfig, sae, penalty, steps: int):
+    """(the run's L0 target, its λ controller): k for the top-k archs; for a penalised arch the target λ is
+    steered to (null when ``sparsity.adapt`` is off: λ stays ``penalty.coefficient``)."""
+    from saefw.sparsity import SparsityController
+
+    penalised = isinstance(penalty.cfg, PenaltyConfig)  # the top-k archs' "none" penalty has no λ
+    target = sae.k if hasattr(sae, "k") else (
+        sparsity_target(cfg, sae.d_sae) if penalised and cfg.sparsity.adapt else None)
+    controller = SparsityController(cfg.sparsity, penalty.cfg.coefficient if penalised else 0.0,
+                                    target if penalised else None, steps, active=penalised)
+    return target, controller
+
+
 def find_checkpoint(cfg: DictConfig, run_dir: Path, steps: int, zero: bool) -> Resume | None:
     """The checkpoint this run continues from. ``resume``: null (default) continues when ``run_dir`` holds a
     checkpoint (re-running a command with the same ``hydra.run.dir``, or a requeued cluster job); true insists
@@ -113,7 +126,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     from saefw.checkpoint import check_identity
     from saefw.distributed import check_accelerator, check_global_batch, end_process_group, is_global_zero
-    from saefw.sparsity import SparsityController
     from saefw.train import ActivationDataModule, EvalCallback, SAEModule
 
     discover()
@@ -149,11 +161,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         sae.initialize_from_data(head)  # a resumed run then loads the checkpoint's weights over it
 
     # training
-    penalised = isinstance(penalty.cfg, PenaltyConfig)  # the top-k archs' "none" penalty has no λ
-    target = sae.k if hasattr(sae, "k") else (
-        sparsity_target(cfg, sae.d_sae) if penalised and cfg.sparsity.adapt else None)
-    controller = SparsityController(cfg.sparsity, penalty.cfg.coefficient if penalised else 0.0,
-                                    target if penalised else None, plan.steps, active=penalised)
+    target, controller = sparsity_control(cfg, sae, penalty, plan.steps)
     module = SAEModule(sae, penalty, controller, cfg.train, plan.steps)
     module.rank_facts = lambda: [source.harvest_seconds, float(source.store_status == "miss")]
     provenance = {**source.describe(), "source": cfg.source.name, "penalty": cfg.penalty.name,
@@ -167,12 +175,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                 "penalty_config": OmegaConf.to_container(cfg.penalty, resolve=True),
                 "sparsity": OmegaConf.to_container(cfg.sparsity, resolve=True),
                 **{f"train.{k}": cfg.train[k] for k in TRAINING_KEYS}}
+    full_identity = {**identity, **training}
     if resume is not None:
-        check_identity(resume, {**identity, **training})
+        check_identity(resume, full_identity)
     reporter = Reporter(cfg, run_dir, {**{k: v for k, v in identity.items() if k not in ("steps", "batch_size")},
                                        "target_l0": target}, write=zero, resume_state=resume.state if resume else None,
                         resume_step=resume.step if resume else None)
-    trainer = _trainer(cfg, plan, run_dir, source, evaluators, reporter, {**identity, **training})
+    trainer = _trainer(cfg, plan, run_dir, source, evaluators, reporter, full_identity)
     check_global_batch(plan.batch_size, trainer.world_size)  # before any other rank is started
     data_record = {"activation_store": source.store_status}
     try:
