@@ -7,7 +7,8 @@ of the model's own layers, measured in the same process.
   the forward that stops at the hooked layer, disk writes included;
 * ``evaluation``: seconds of one final ``loss_recovered`` evaluation over the held-out split (a random TopK SAE:
   the cost does not depend on training), first with empty caches (ce_zero and the clean forward computed), then as
-  every later evaluation pays it (one SAE-spliced forward + the unembedding of the cached clean states);
+  every later evaluation pays it (one SAE-spliced forward to logits: KL and ce_clean come from the cached clean
+  summary, see ``LossRecoveredEvaluator._clean_summary``);
 * ``peak``: GFLOP/s of ``torch.mm`` at exactly the shapes of the model's linear layers (one block's, and the
   unembedding) and the forward's batch of tokens, into preallocated outputs.
 
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 
 from perf_train import median_seconds  # benchmarks/ is on sys.path when a script here runs
+from saefw.allocator import keep_freed_memory
 from saefw.evals.base import run_evaluators
 from saefw.lm import block_list
 from saefw.registry import build, discover
@@ -94,8 +96,8 @@ def measure(model: str, layer: int, harvest_tokens: int, work: Path) -> dict:
         run_evaluators(sae, src, [ev])
         times.append(time.perf_counter() - t)
     forward = lm.n_layers * peak.block_s + peak.head_s  # one full forward to logits, per token
-    steady_ideal = eval_tokens * (forward + peak.head_s)  # spliced forward + unembedding of the cached states
-    first_ideal = eval_tokens * 3 * forward  # zero-ablated, clean and spliced forwards
+    steady_ideal = eval_tokens * forward  # the spliced forward: the least that scores an SAE
+    first_ideal = eval_tokens * (3 * forward + peak.head_s)  # zero-ablated, clean, spliced forwards; pᵀW
     row.update({"eval_contexts": len(src.eval_tokens), "eval_tokens": eval_tokens,
                 "eval_seconds_first": round(times[0], 2), "eval_seconds": round(times[1], 2),
                 "eval_fraction_of_peak_first": round(first_ideal / times[0], 3),
@@ -123,6 +125,7 @@ def main() -> None:
     ap.add_argument("--harvest-tokens", type=int, default=20_000)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args()
+    keep_freed_memory()  # as every saefw command does
     discover()
     rows = []
     with tempfile.TemporaryDirectory(prefix="saefw-perf-lm-") as work:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from saefw.allocator import keep_freed_memory
 from saefw.sources.base import ActivationSource, RunSpec
 
 DENSE_FLOP_PER_TOKEN = 10  # × d_in·d_sae: 2 forward matmuls + 3 backward (∇W_dec, ∇f, ∇W_enc), 2 FLOP per MAC
@@ -235,6 +236,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
+    keep_freed_memory()  # as every saefw command does (SAELens's step, in this process, gets it too)
     cases = [c for c in CASES if not args.only or "@".join(map(str, c)) in args.only]
     meta = {"machine": f"{os.cpu_count()}-core {platform.machine()} CPU, fp32", "torch": torch.__version__,
             "threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"), "steps": args.steps,

@@ -104,12 +104,14 @@ def command(config_name: str, task: Callable[[Any, Path], Any], argv: list[str] 
     the command then exits with status 1."""
     import hydra
 
+    from saefw.allocator import keep_freed_memory
     from saefw.config import store_schema
     from saefw.errors import SaefwError
     from saefw.registry import discover
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no network at run time unless the user asks for it
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    keep_freed_memory()
     argv = sys.argv[1:] if argv is None else argv
     sys.argv = [sys.argv[0], *normalise_overrides(argv)]
     store_schema()

@@ -52,7 +52,7 @@ def resolve_model(name: str) -> str:
         return name
     gguf = _smollm2_gguf()
     target = cache_dir() / "models" / f"smollm2-135m-instruct-{_sha256(gguf)[:16]}"
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    if _complete(target):
         return str(target)
     _convert_gguf(gguf, target)
     return str(target)
@@ -71,9 +71,26 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
                                   model_type=model.config.model_type)
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(model.state_dict())
-    tmp = target.with_name(target.name + ".partial")
+    # a folder of this process's own: sweep jobs starting together on a fresh machine all convert at once
+    tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     plain.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)  # atomic: an interrupted conversion never leaves a half-written checkpoint behind
+    _publish(tmp, target)
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Move the finished ``tmp`` folder to ``target`` in one rename (an interrupted conversion never leaves a
+    half-written checkpoint behind), unless another process's identical conversion is already there."""
+    if not _complete(target):
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        tmp.rename(target)
+    except OSError:
+        if not _complete(target):
+            raise
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _complete(target: Path) -> bool:
+    return (target / "config.json").is_file() and (target / "model.safetensors").is_file()

@@ -312,14 +312,15 @@ class LanguageModel:
             return self.model(tokens.to(self.device), use_cache=False).logits.float()
 
     @torch.no_grad()
-    def logits_and_final(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """Clean logits [B, T, V] and the unembedding's input [B, T, d] (the last hidden state, after the final
-        norm), so :meth:`unembed` can later recompute the clean logits without running the model again."""
+    def logits_and_final(self, tokens: Tensor, replace: Callable[[Tensor], Tensor] | None = None
+                         ) -> tuple[Tensor, Tensor]:
+        """Logits [B, T, V] (as :meth:`logits`, ``replace`` included) and the unembedding's input [B, T, d] (the
+        last hidden state, after the final norm)."""
         seen: dict[str, Tensor] = {}
         handle = self.model.get_output_embeddings().register_forward_pre_hook(
             lambda module, args: seen.__setitem__("h", args[0].detach()))
         try:
-            logits = self.logits(tokens)
+            logits = self.logits(tokens, replace=replace)
         finally:
             handle.remove()
         return logits, seen["h"]
@@ -329,6 +330,11 @@ class LanguageModel:
         """Logits [B, T, V] from the unembedding's input (see :meth:`logits_and_final`)."""
         head = self.model.get_output_embeddings()
         return head(final.to(self.device, next(head.parameters()).dtype)).float()
+
+    def unembedding_affine(self) -> tuple[Tensor, Tensor | None] | None:
+        """(W [V, d], b [V] or None) when the unembedding is a plain ``nn.Linear`` (logits = h Wᵀ + b); else None."""
+        head = self.model.get_output_embeddings()
+        return (head.weight, head.bias) if type(head) is nn.Linear else None
 
     @property
     def precision_tag(self) -> str:

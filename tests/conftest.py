@@ -7,7 +7,13 @@ import os
 import tempfile
 from pathlib import Path
 
-import pytest
+# under pytest-xdist (-n N) the workers share the cores, and so do the CLI processes they start (they inherit
+# this): OpenMP threads of several processes spinning on the same cores make each of them many times slower
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
+import pytest  # noqa: E402
 
 from helpers import build_tiny_model, run_cli
 

@@ -28,6 +28,28 @@ def run_cli(*args: str, cwd: Path, timeout: int = 600, extra_path: Path | None =
                           text=True, timeout=timeout)
 
 
+def run_clis(argvs: list[list[str]], cwd: Path, timeout: int = 600, module: str = "saefw"
+             ) -> list[subprocess.CompletedProcess]:
+    """:func:`run_cli` for several independent command lines at once (each still its own process, as a user runs
+    it): their interpreter start-ups and imports, most of a failing command's time, overlap. The cores are shared
+    out among them: OpenMP threads of several processes spinning on the same cores make each many times slower."""
+    threads = str(max(1, (os.cpu_count() or 1) // len(argvs)))
+    env = {**_parent_env(), "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "OMP_NUM_THREADS": threads}
+    procs = [subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for args in argvs]
+    done = []
+    for args, p in zip(argvs, procs):
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        done.append(subprocess.CompletedProcess([sys.executable, "-m", module, *args], p.returncode, out, err))
+    return done
+
+
 def make_job(sweep_dir: Path, name: str, record: dict, overrides: list[str] | None = None,
              num: int | None = None) -> Path:
     """A hand-made job dir as a Hydra multirun leaves it: metrics.json and .hydra/{overrides,hydra}.yaml."""

@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 
-from helpers import run_cli
+from helpers import run_cli, run_clis
 
 TINY = ["layer=1", "total_tokens=6000", "train.batch_size=256", "train.eval_every_steps=10",
         "source.context_size=32", "source.eval_contexts=6", "expansion_factor=4"]
@@ -34,8 +34,8 @@ def test_default_job_end_to_end(tiny_model, tmp_path):
 
 
 def test_card_command_and_its_layer_error(tiny_model, tmp_path):
-    for form in ("+arch=gated", "arch=gated"):
-        r = run_cli(form, "layer=25", f"model={tiny_model}", f"hydra.run.dir={tmp_path / 'x'}", cwd=tmp_path)
+    for r in run_clis([[form, "layer=25", f"model={tiny_model}", f"hydra.run.dir={tmp_path / str(i)}"]
+                       for i, form in enumerate(("+arch=gated", "arch=gated"))], cwd=tmp_path):
         assert r.returncode != 0
         assert "Traceback" not in r.stderr + r.stdout
         assert f"error: layer=25 is out of range: {tiny_model} has 4 layers (0-3)" in r.stderr.splitlines()

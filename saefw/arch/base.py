@@ -78,7 +78,7 @@ class SAE(nn.Module):
         w = torch.randn(self.d_sae, self.d_in)
         w = w / w.norm(dim=-1, keepdim=True) * decoder_norm
         self.W_dec = nn.Parameter(w)
-        self.W_enc = nn.Parameter(w.t().clone())
+        self.W_enc = nn.Parameter(w.t().contiguous())  # row-major like its gradient: no layout copy per step
         if encoder_bias:
             self.b_enc = nn.Parameter(torch.zeros(self.d_sae))
         self.b_dec = nn.Parameter(torch.zeros(self.d_in))

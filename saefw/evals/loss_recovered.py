@@ -16,10 +16,10 @@ from saefw.registry import register
 class LossRecoveredConfig:
     batch_contexts: int = 8  # contexts per full-model forward
     max_contexts: int | None = None  # None: every held-out context of the source
-    # periodic evaluations during training score only this many contexts: each costs two full-model forwards,
-    # and on a CPU that would otherwise dominate a short run (the final evaluation uses max_contexts)
+    # periodic evaluations during training score only this many contexts: each costs a full-model forward per
+    # batch, and on a CPU that would otherwise dominate a short run (the final evaluation uses max_contexts)
     contexts_during_training: int = 8
-    # the clean model's last hidden states are cached (once per held-out split) up to this size, so an
+    # what an evaluation needs of the clean model is cached (once per held-out split) up to this size, so an
     # evaluation pays one full-model forward instead of two; above it the clean forward is rerun each time
     clean_cache_mb: int = 1024
 
@@ -35,8 +35,8 @@ class LossRecoveredEvaluator(Evaluator):
     ratio ce_loss_recovered, the standard error of the per-context mean for ce_delta and kl_div.
     BOS positions are neither replaced nor scored. ce_zero and the clean forward do not depend on the SAE: they
     are computed once per held-out split and number of contexts and cached by the source (on disk beside the
-    activation store; for the clean forward its last hidden states, from which the unembedding gives the clean
-    logits again)."""
+    activation store; for the clean forward, what KL needs of the clean distribution: see :meth:`_clean_summary`),
+    so a later evaluation runs the model once, SAE spliced in."""
 
     requires = ("lm",)
 
@@ -53,40 +53,64 @@ class LossRecoveredEvaluator(Evaluator):
         zero = self.source.cached(f"ce_zero_{len(tokens)}", lambda: {"ce_zero": [
             v for tb in tqdm(batches, desc="ce_zero (once per split)", unit="batch", leave=False)
             for v in next_token_ce(lm.logits(tb, replace=torch.zeros_like), tb).mean(-1).tolist()]})
-        finals = self._clean_finals(tokens, batches)
+        summary = self._clean_summary(tokens, batches)
         clean, spliced, kl = [], [], []
         for i, tb in enumerate(tqdm(batches, desc="ce_loss_recovered", unit="batch", leave=False)):
-            lc = lm.unembed(finals[i]) if finals is not None else lm.logits(tb)
-            ls = lm.logits(tb, replace=reconstruct)
-            lp_clean, lp_sae = torch.log_softmax(lc[:, 1:-1], -1), torch.log_softmax(ls[:, 1:-1], -1)
-            clean += next_token_ce(lc, tb, lp_clean).mean(-1).tolist()
-            spliced += next_token_ce(ls, tb, lp_sae).mean(-1).tolist()
-            kl += (lp_clean.exp() * (lp_clean - lp_sae)).sum(-1).mean(-1).tolist()
+            if summary is None:  # the clean forward again, and KL from both full distributions
+                lc, ls = lm.logits(tb), lm.logits(tb, replace=reconstruct)
+                lp_clean, lp_sae = torch.log_softmax(lc[:, 1:-1], -1), torch.log_softmax(ls[:, 1:-1], -1)
+                clean += next_token_ce(lc, tb, lp_clean).mean(-1).tolist()
+                spliced += next_token_ce(ls, tb, lp_sae).mean(-1).tolist()
+                kl += (lp_clean.exp() * (lp_clean - lp_sae)).sum(-1).mean(-1).tolist()
+                continue
+            ls, hs = lm.logits_and_final(tb, replace=reconstruct)
+            ce = next_token_ce(ls, tb)  # [B, T−2]
+            # log Z_sae = l_target − log p_target: the normaliser without another pass over the vocabulary
+            log_z = ls[:, 1:-1].gather(-1, tb[:, 2:, None].to(ls.device)).squeeze(-1) + ce
+            rows = slice(i * self.cfg.batch_contexts, i * self.cfg.batch_contexts + len(tb))
+            expected_logit = (summary["p_clean_W"][rows].double() * hs[:, 1:-1].double().cpu()).sum(-1)
+            kl += (log_z.double().cpu() - expected_logit - summary["offset"][rows]).mean(-1).tolist()
+            spliced += ce.mean(-1).tolist()
+        if summary is not None:
+            clean = summary["ce_clean"].tolist()
         c, s, z, k = (np.asarray(v, np.float64) for v in (clean, spliced, zero["ce_zero"], kl))
         return {"ce_clean": c.mean(), "ce_sae": s.mean(), "ce_zero": z.mean(), "ce_delta": s.mean() - c.mean(),
                 "ce_loss_recovered": (z - s).sum() / (z - c).sum(), "kl_div": k.mean(),
                 "ce_loss_recovered_se": ratio_se(z - s, z - c), "ce_delta_se": mean_se(s - c),
                 "kl_div_se": mean_se(k)}
 
-    def _clean_finals(self, tokens, batches) -> tuple | None:
-        """The clean model's last hidden states per batch, cached beside the held-out store, so each evaluation
-        runs the model once (spliced) plus the unembedding instead of twice. None when they would take more than
-        ``clean_cache_mb`` or the unembedding of the cached states does not reproduce the model's logits (a
-        model that transforms its logits after the unembedding, e.g. soft-capping)."""
+    def _clean_summary(self, tokens, batches) -> dict | None:
+        """What the SAE-spliced evaluation needs of the clean model, computed once per held-out split and cached
+        beside the held-out store, so that each evaluation runs the model once (spliced) and never the clean
+        unembedding: with logits l = W h + b and p = softmax(l_clean) at each scored position,
+
+            KL(p ‖ p_sae) = Σ_v p_v (log p_v − l_sae,v) + log Z_sae = log Z_sae − (pᵀW)·h_sae − (H(p) + pᵀb)
+
+        so the clean distribution enters only through ``p_clean_W`` = pᵀW [n, T−2, d] and ``offset`` = H(p) + pᵀb
+        [n, T−2] (kept in float64), beside ``ce_clean`` [n]. None (each evaluation reruns the clean forward) when
+        this would take more than ``clean_cache_mb``, when the unembedding is not a plain linear layer, or when its
+        output is not the model's logits (a model that transforms them afterwards, e.g. soft-capping)."""
         lm = self.source.lm
-        n_bytes = tokens.numel() * lm.d_model * 4
-        if n_bytes > self.cfg.clean_cache_mb * 2**20:
+        affine = lm.unembedding_affine()
+        if affine is None or tokens.numel() * lm.d_model * 4 > self.cfg.clean_cache_mb * 2**20:
             return None
+        W, b = affine
 
         def compute():
-            finals, exact = [], True
+            parts, exact = {"ce_clean": [], "p_clean_W": [], "offset": []}, True
             for tb in tqdm(batches, desc="clean forward (once per split)", unit="batch", leave=False):
                 logits, final = lm.logits_and_final(tb)
-                exact = exact and torch.allclose(lm.unembed(final), logits, rtol=1e-5, atol=1e-5)
-                finals.append(final.cpu())
-            return {"final": torch.cat(finals), "exact": torch.tensor(exact)}
+                # one context per batch is enough to tell a plain unembedding from a transformed one
+                exact = exact and torch.allclose(lm.unembed(final[:1]), logits[:1], rtol=1e-5, atol=1e-5)
+                lp = torch.log_softmax(logits[:, 1:-1], -1)
+                parts["ce_clean"].append(next_token_ce(logits, tb, lp).double().mean(-1).cpu())
+                p = lp.exp()
+                offset = -(p * lp).sum(-1, dtype=torch.float64)
+                if b is not None:
+                    offset += (p @ b.float()).double()
+                parts["offset"].append(offset.cpu())
+                parts["p_clean_W"].append((p @ W.float()).cpu())
+            return {**{k: torch.cat(v) for k, v in parts.items()}, "exact": torch.tensor(exact)}
 
-        cache = self.source.cached(f"clean_final_{len(tokens)}_{lm.precision_tag}", compute, tensors=True)
-        if not bool(cache["exact"]):
-            return None
-        return cache["final"].split(self.cfg.batch_contexts)
+        cache = self.source.cached(f"clean_stats_{len(tokens)}_{lm.precision_tag}", compute, tensors=True)
+        return cache if bool(cache["exact"]) else None

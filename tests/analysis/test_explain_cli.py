@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from feature_helpers import copy_sae, trained_run
-from helpers import read_csv, run_cli
+from helpers import read_csv, run_cli, run_clis
 from openai_server import chat_model, free_port
 from saefw.interp.metrics import binary_scores
 from saefw.interp.parsing import parse_labels
@@ -151,8 +151,8 @@ def test_errors_are_one_line(features_run, tmp_path, monkeypatch):
              ([f"run={run}", "explainer=nope"], None)]
     if dead is not None:
         cases.append(([f"run={run}", f"features=[{dead}]"], f"feature {dead} never fired"))
-    for args, message in cases:
-        r = run_cli(*args, module="saefw.explain", cwd=tmp_path)
+    results = run_clis([args for args, _ in cases], module="saefw.explain", cwd=tmp_path)
+    for (args, message), r in zip(cases, results):
         assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
         if message is not None:
             errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]

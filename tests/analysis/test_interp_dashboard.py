@@ -6,7 +6,7 @@ import json
 import pytest
 
 from browser import needs_chromium, rendered_dom
-from helpers import run_cli
+from helpers import run_cli, run_clis
 from feature_helpers import TRAIN_ARGS, copy_sae, parse_html, trained_run
 from openai_server import chat_model
 
@@ -19,8 +19,7 @@ def two_layers(tmp_path_factory, tiny_model):
     args = [a if not a.startswith("layer=") else "layer=2" for a in TRAIN_ARGS]
     r = run_cli(f"model={tiny_model}", *args, f"hydra.run.dir={down}", module="saefw", cwd=root)
     assert r.returncode == 0, r.stderr[-3000:]
-    for run in (up, down):
-        r = run_cli(f"run={run}", "n_tokens=1000", module="saefw.features", cwd=root)
+    for r in run_clis([[f"run={run}", "n_tokens=1000"] for run in (up, down)], module="saefw.features", cwd=root):
         assert r.returncode == 0, r.stderr[-3000:]
     r = run_cli(f"runs=[{up},{down}]", f"out={root / 'rel'}", "n_tokens=600", "top_m=6",
                    "effect_k=3", module="saefw.relations", cwd=root)

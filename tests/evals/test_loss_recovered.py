@@ -83,7 +83,7 @@ def test_a_later_evaluation_reuses_the_cached_clean_forward(tiny_models, tmp_pat
     src, sae = _source_and_sae(tiny_models, tmp_path)
     ev = build("evaluator", {"batch_contexts": 2}, name="loss_recovered")
     first = run_evaluators(sae, src, [ev])
-    cache = list(src.eval_store.path.glob("cache-clean_final_4_*.safetensors"))
+    cache = list(src.eval_store.path.glob("cache-clean_stats_4_*.safetensors"))
     assert len(cache) == 1 and "float32_cpu" in cache[0].name
     # a new source object (a later run) reads the cache from disk: one forward per batch, the spliced one
     src2, _ = _source_and_sae(tiny_models, tmp_path)
@@ -112,3 +112,24 @@ def test_logits_changed_after_the_unembedding_fall_back_to_the_clean_forward(tin
     calls = _counting_forwards(model)
     run_evaluators(sae, src, [ev])
     assert len(calls) == 4  # clean and spliced forward per batch: the cache said the shortcut is not exact
+
+
+def test_kl_from_the_cached_clean_summary_matches_both_distributions_with_an_unembedding_bias(tiny_models, tmp_path):
+    """KL(p ‖ p_sae) = log Z_sae − (pᵀW)·h_sae − (H(p) + pᵀb): the bias term must be carried, and a later evaluation
+    (summary read from disk, one forward per batch) must agree with the full computation on both distributions."""
+    src, sae = _source_and_sae(tiny_models, tmp_path)
+    model, tok = src.lm.model, src.eval_tokens
+    head = model.get_output_embeddings()
+    head.bias = torch.nn.Parameter(torch.randn(head.out_features, generator=torch.Generator().manual_seed(1)))
+    ev = build("evaluator", {"batch_contexts": 3}, name="loss_recovered")  # 4 contexts: batches of 3 and 1
+    run_evaluators(sae, src, [ev])
+    calls = _counting_forwards(model)
+    out = run_evaluators(sae, src, [ev])
+    assert len(calls) == 2
+    with torch.no_grad():
+        clean = model(tok).logits
+        spliced = src.lm.logits(tok, replace=lambda h: sae.decode(sae.encode(h)))
+    lp, lq = F.log_softmax(clean[:, 1:-1], -1), F.log_softmax(spliced[:, 1:-1], -1)
+    assert out["kl_div"] == pytest.approx((lp.exp() * (lp - lq)).sum(-1).mean().item(), rel=1e-4)
+    ce = F.cross_entropy(clean[:, 1:-1].reshape(-1, clean.shape[-1]), tok[:, 2:].reshape(-1)).item()
+    assert out["ce_clean"] == pytest.approx(ce, rel=1e-5)

@@ -1,0 +1,44 @@
+"""Keep freed host memory in the process, so that large CPU tensors do not page-fault anew at every step.
+
+PyTorch's CPU tensors come from the C library's ``malloc``. glibc serves every block above its mmap threshold
+(at most 32 MB by default) with fresh pages from the kernel and gives them back on ``free``; a training step's
+[batch, d_sae] tensors (75 MB at 4,096 × 4,608, 268 MB at 4,096 × 16,384) and an evaluation's logits (200 MB
+per 1,024 tokens of a 49k vocabulary) are therefore zero-filled by the kernel, one 4 KB page fault at a time,
+every time they are allocated. Measured on the 2-core CPU (fp32): writing a fresh 268 MB tensor takes 74 ms,
+a reused one 6 ms; a dense l1 step at 768 × 16,384 drops from 3.52 s to 3.14 s (``benchmarks/perf_train.py``).
+
+:func:`keep_freed_memory` raises glibc's mmap and trim thresholds so that freed blocks stay in the heap and are
+reused by the next allocation of the same size. The price: the process keeps its peak heap (it does not shrink
+back after a large evaluation). Set ``SAEFW_KEEP_FREED_MEMORY=0`` to leave ``malloc`` as it is. Other C
+libraries, and CUDA memory (PyTorch's caching allocator does this already), are left alone.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import platform
+
+log = logging.getLogger(__name__)
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
+_THRESHOLD = 1 << 30  # blocks up to 1 GB come from (and return to) the heap
+_applied: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Apply the thresholds once per process (later calls return the first answer); True when glibc took them."""
+    global _applied
+    if _applied is not None:
+        return _applied
+    _applied = False
+    if os.environ.get("SAEFW_KEEP_FREED_MEMORY", "1") == "0" or platform.libc_ver()[0] != "glibc":
+        return _applied
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        _applied = bool(libc.mallopt(_M_MMAP_THRESHOLD, _THRESHOLD)) and bool(libc.mallopt(_M_TRIM_THRESHOLD,
+                                                                                            _THRESHOLD))
+    except (OSError, AttributeError) as exc:
+        log.debug("mallopt unavailable (%s): malloc left as it is", exc)
+    return _applied
