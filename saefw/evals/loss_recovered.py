@@ -88,13 +88,19 @@ class LossRecoveredEvaluator(Evaluator):
 
         so the clean distribution enters only through ``p_clean_W`` = pᵀW [n, T−2, d] and ``offset`` = H(p) + pᵀb
         [n, T−2] (kept in float64), beside ``ce_clean`` [n]. None (each evaluation reruns the clean forward) when
-        this would take more than ``clean_cache_mb``, when the unembedding is not a plain linear layer, or when its
-        output is not the model's logits (a model that transforms them afterwards, e.g. soft-capping)."""
+        this would take more than ``clean_cache_mb``, when the unembedding is not a plain float32 linear layer (nor
+        TF32 on a GPU), or when its output is not the model's logits (a model that transforms them afterwards,
+        e.g. soft-capping)."""
         lm = self.source.lm
         affine = lm.unembedding_affine()
         if affine is None or tokens.numel() * lm.d_model * 4 > self.cfg.clean_cache_mb * 2**20:
             return None
         W, b = affine
+        # the identity holds for the logits the model computes only when they are W h + b to float32 accuracy:
+        # bf16/fp16 weights or TF32 matmuls round each logit by ~1e-3 of its size, as much as a small KL itself
+        reduced = W.device.type == "cuda" and torch.get_float32_matmul_precision() != "highest"
+        if W.dtype not in (torch.float32, torch.float64) or reduced:
+            return None
 
         def compute():
             parts, exact = {"ce_clean": [], "p_clean_W": [], "offset": []}, True
@@ -102,15 +108,18 @@ class LossRecoveredEvaluator(Evaluator):
                 logits, final = lm.logits_and_final(tb)
                 # one context per batch is enough to tell a plain unembedding from a transformed one
                 exact = exact and torch.allclose(lm.unembed(final[:1]), logits[:1], rtol=1e-5, atol=1e-5)
-                lp = torch.log_softmax(logits[:, 1:-1], -1)
-                parts["ce_clean"].append(next_token_ce(logits, tb, lp).double().mean(-1).cpu())
-                p = lp.exp()
-                offset = -(p * lp).sum(-1, dtype=torch.float64)
-                if b is not None:
-                    offset += (p @ b.float()).double()
-                parts["offset"].append(offset.cpu())
-                parts["p_clean_W"].append((p @ W.float()).cpu())
+                for context, row in zip(logits, tb):  # one context at a time: float64 over T × V
+                    # float64: exp(log_softmax) in float32 leaves Σ_v p_v off 1 by up to 2e-5, which the identity
+                    # multiplies by log Z_sae (~20): KL off by 4e-4 relative on SmolLM2, 3e-6 this way
+                    lp = torch.log_softmax(context[1:-1].double(), -1)
+                    p = lp.exp()
+                    parts["ce_clean"].append(-lp.gather(-1, row[2:, None].to(lp.device)).mean().reshape(1).cpu())
+                    offset = -(p * lp).sum(-1)
+                    if b is not None:
+                        offset += p @ b.double()
+                    parts["offset"].append(offset.cpu()[None])
+                    parts["p_clean_W"].append((p.float() @ W.float()).cpu()[None])
             return {**{k: torch.cat(v) for k, v in parts.items()}, "exact": torch.tensor(exact)}
 
-        cache = self.source.cached(f"clean_stats_{len(tokens)}_{lm.precision_tag}", compute, tensors=True)
+        cache = self.source.cached(f"clean_summary_{len(tokens)}_{lm.precision_tag}", compute, tensors=True)
         return cache if bool(cache["exact"]) else None

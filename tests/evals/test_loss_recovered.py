@@ -49,9 +49,9 @@ def test_loss_recovered_matches_manual_splice(tiny_models):
     # a random tiny model has ce_zero − ce_clean ≈ 0.1, so the ratio amplifies float32 summation order
     assert out["ce_loss_recovered"] == pytest.approx((z - s) / (z - c), abs=2e-3)
     assert out["ce_delta"] == pytest.approx(s - c, rel=1e-4, abs=1e-6)
-    lp, lq = F.log_softmax(clean[:, 1:-1], -1), F.log_softmax(spliced[:, 1:-1], -1)
+    lp, lq = F.log_softmax(clean[:, 1:-1].double(), -1), F.log_softmax(spliced[:, 1:-1].double(), -1)
     kl = F.kl_div(lq, lp, log_target=True, reduction="none").sum(-1).mean().item()
-    assert out["kl_div"] == pytest.approx(kl, rel=1e-4)
+    assert out["kl_div"] == pytest.approx(kl, rel=1e-5)
     # ce_zero is cached beside the held-out store (one value per context) and reused by the next evaluation
     cache = json.loads((src.eval_store.path / "cache-ce_zero_5.json").read_text())["ce_zero"]
     assert len(cache) == 5 and sum(cache) / 5 == pytest.approx(z, rel=1e-5)
@@ -83,7 +83,7 @@ def test_a_later_evaluation_reuses_the_cached_clean_forward(tiny_models, tmp_pat
     src, sae = _source_and_sae(tiny_models, tmp_path)
     ev = build("evaluator", {"batch_contexts": 2}, name="loss_recovered")
     first = run_evaluators(sae, src, [ev])
-    cache = list(src.eval_store.path.glob("cache-clean_stats_4_*.safetensors"))
+    cache = list(src.eval_store.path.glob("cache-clean_summary_4_*.safetensors"))
     assert len(cache) == 1 and "float32_cpu" in cache[0].name
     # a new source object (a later run) reads the cache from disk: one forward per batch, the spliced one
     src2, _ = _source_and_sae(tiny_models, tmp_path)
@@ -129,7 +129,25 @@ def test_kl_from_the_cached_clean_summary_matches_both_distributions_with_an_une
     with torch.no_grad():
         clean = model(tok).logits
         spliced = src.lm.logits(tok, replace=lambda h: sae.decode(sae.encode(h)))
-    lp, lq = F.log_softmax(clean[:, 1:-1], -1), F.log_softmax(spliced[:, 1:-1], -1)
-    assert out["kl_div"] == pytest.approx((lp.exp() * (lp - lq)).sum(-1).mean().item(), rel=1e-4)
+    lp, lq = F.log_softmax(clean[:, 1:-1].double(), -1), F.log_softmax(spliced[:, 1:-1].double(), -1)
+    assert out["kl_div"] == pytest.approx((lp.exp() * (lp - lq)).sum(-1).mean().item(), rel=1e-5)
     ce = F.cross_entropy(clean[:, 1:-1].reshape(-1, clean.shape[-1]), tok[:, 2:].reshape(-1)).item()
     assert out["ce_clean"] == pytest.approx(ce, rel=1e-5)
+
+
+def test_a_bf16_model_scores_kl_from_both_distributions(tiny_models, tmp_path):
+    """bf16 logits are W h rounded by ~1e-3 of their size, as much as a small KL: no cached clean summary then."""
+    src, sae = _source_and_sae(tiny_models, tmp_path)
+    model = src.lm.model.to(torch.bfloat16)
+    ev = build("evaluator", {"batch_contexts": 2}, name="loss_recovered")
+    run_evaluators(sae, src, [ev])
+    calls = _counting_forwards(model)
+    out = run_evaluators(sae, src, [ev])
+    assert len(calls) == 4  # clean and spliced forward per batch
+    assert not list(src.eval_store.path.glob("cache-clean_summary_*bfloat16*"))
+    tok = src.eval_tokens
+    with torch.no_grad():
+        clean = model(tok).logits.float()
+        spliced = src.lm.logits(tok, replace=lambda h: sae.decode(sae.encode(h)))
+    lp, lq = F.log_softmax(clean[:, 1:-1], -1), F.log_softmax(spliced[:, 1:-1], -1)
+    assert out["kl_div"] == pytest.approx((lp.exp() * (lp - lq)).sum(-1).mean().item(), rel=1e-4)
