@@ -104,14 +104,12 @@ def command(config_name: str, task: Callable[[Any, Path], Any], argv: list[str] 
     the command then exits with status 1."""
     import hydra
 
-    from saefw.allocator import keep_freed_memory
     from saefw.config import store_schema
     from saefw.errors import SaefwError
     from saefw.registry import discover
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no network at run time unless the user asks for it
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    keep_freed_memory()
     argv = sys.argv[1:] if argv is None else argv
     sys.argv = [sys.argv[0], *normalise_overrides(argv)]
     store_schema()
@@ -129,6 +127,9 @@ def command(config_name: str, task: Callable[[Any, Path], Any], argv: list[str] 
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
+        from saefw.allocator import keep_freed_memory
+
+        keep_freed_memory()  # here, not before Hydra: a launcher (submitit) runs this in processes of its own
         release_stderr()  # composed: from here on stderr is the real one
         hc = HydraConfig.get()
         output_dir = Path(hc.runtime.output_dir)

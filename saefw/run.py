@@ -124,12 +124,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     an empty record)."""
     import pytorch_lightning as pl
 
-    from saefw.allocator import keep_freed_memory
     from saefw.checkpoint import check_identity
     from saefw.distributed import check_accelerator, check_global_batch, end_process_group, is_global_zero
     from saefw.train import ActivationDataModule, EvalCallback, SAEModule
 
-    keep_freed_memory()  # also for jobs a launcher runs in processes of its own (submitit)
     discover()
     zero = is_global_zero()
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -22,10 +22,14 @@ def run_cli(*args: str, cwd: Path, timeout: int = 600, extra_path: Path | None =
             module: str = "saefw") -> subprocess.CompletedProcess:
     """The real CLI (``python -m <module>``) in a subprocess, as a user runs it; ``extra_path`` plays an
     installed site dir."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=_cli_env(extra_path),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _cli_env(extra_path: Path | None = None, **extra: str) -> dict:
+    """The environment of a CLI child: this process's (see :func:`_parent_env`), saefw importable, W&B offline."""
     path = os.pathsep.join(str(p) for p in (extra_path, REPO) if p)
-    env = {**_parent_env(), "PYTHONPATH": path, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return {**_parent_env(), "PYTHONPATH": path, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **extra}
 
 
 def run_clis(argvs: list[list[str]], cwd: Path, timeout: int = 600, module: str = "saefw"
@@ -33,9 +37,7 @@ def run_clis(argvs: list[list[str]], cwd: Path, timeout: int = 600, module: str 
     """:func:`run_cli` for several independent command lines at once (each still its own process, as a user runs
     it): their interpreter start-ups and imports, most of a failing command's time, overlap. The cores are shared
     out among them: OpenMP threads of several processes spinning on the same cores make each many times slower."""
-    threads = str(max(1, (os.cpu_count() or 1) // len(argvs)))
-    env = {**_parent_env(), "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-           "OMP_NUM_THREADS": threads}
+    env = _cli_env(OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // len(argvs))))
     procs = [subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for args in argvs]
     done = []

@@ -213,7 +213,7 @@ class HFActivationSource(ActivationSource):
         per_batch = max(1, batch_size // self.tokens_per_context) * self.tokens_per_context
         yield from self._eval_acts.split(per_batch)
 
-    # --- a small on-disk cache beside the held-out store (ce_zero per context, the clean final hidden states) ---
+    # --- a small on-disk cache beside the held-out store (ce_zero per context, the clean summary for KL) ---
     def cached(self, name: str, compute: Callable[[], dict], tensors: bool = False) -> dict:
         """``compute()`` once per held-out store and ``name``; kept in the store folder as JSON, or as safetensors
         when ``tensors``. A file that cannot be read is recomputed (and rewritten), with a warning."""
