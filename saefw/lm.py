@@ -4,6 +4,11 @@ GPT-NeoX/Pythia and Llama-style families.
 Sites: ``resid_pre`` (input of block ``layer``), ``resid_post`` (its output), ``attn_out`` and ``mlp_out``
 (outputs of its attention and MLP modules). Position 0 of every context is BOS: it is never harvested, never
 replaced when splicing, and never scored, so every metric uses the same set of positions.
+
+A forward can also start at a hook point instead of the embeddings (:meth:`LanguageModel.resumed`): given the
+residual stream entering block s (BOS included), only blocks s … N−1, the final norm and the unembedding run.
+An edit at (layer, site) changes nothing before block ``resume_block(layer, site)``, so an evaluation that has
+the clean residual stream there (the activation store holds it) pays for the later blocks alone.
 """
 from __future__ import annotations
 
@@ -18,7 +23,10 @@ from saefw.embedded import EMBEDDED_MODELS, resolve_model
 from saefw.errors import SaefwError
 
 SITES = ("resid_pre", "resid_post", "mlp_out", "attn_out")
+RESID_SITES = ("resid_pre", "resid_post")
 _BLOCK_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
+# the module that reads the last block's output (a forward that starts after the last block enters here)
+_FINAL_NORM_PATHS = ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm")
 _ATTN_NAMES = ("self_attn", "attn", "attention")
 _MLP_NAMES = ("mlp",)
 
@@ -35,13 +43,28 @@ def _get(obj, dotted: str):
     return obj
 
 
-def block_list(model: nn.Module) -> nn.ModuleList:
+def _block_path(model: nn.Module) -> str:
     for path in _BLOCK_PATHS:
-        blocks = _get(model, path)
-        if isinstance(blocks, nn.ModuleList):
-            return blocks
+        if isinstance(_get(model, path), nn.ModuleList):
+            return path
     raise SaefwError(f"cannot find the transformer blocks of {type(model).__name__}; "
                      f"supported layouts: {', '.join(_BLOCK_PATHS)}")
+
+
+def block_list(model: nn.Module) -> nn.ModuleList:
+    return _get(model, _block_path(model))
+
+
+def resume_point(layer: int, site: str) -> tuple[int, str]:
+    """The hook point whose whole activation [B, T, d] is the residual stream entering block
+    :func:`resume_block` ``(layer, site)``: the hook itself for the residual sites, the block's input for
+    ``attn_out``/``mlp_out`` (their block must run again, with the edit inside it)."""
+    return (layer, "resid_post") if site == "resid_post" else (layer, "resid_pre")
+
+
+def resume_block(layer: int, site: str) -> int:
+    """The first block whose output an edit at (layer, site) can change."""
+    return layer + 1 if site == "resid_post" else layer
 
 
 def _child(block: nn.Module, candidates: tuple[str, ...], site: str) -> nn.Module:
@@ -191,9 +214,12 @@ class LanguageModel:
         self.bos_id = bos if bos is not None else self.tokenizer.eos_token_id
         self.sep_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else self.bos_id
         self.d_model = d_model_of(config)
-        self._blocks = block_list(self.model)
+        self._block_path = _block_path(self.model)
+        self._blocks = _get(self.model, self._block_path)
         self._module = self.hook_module(layer, site)
         self.hook_name = hook_name(layer, site)
+        self.resume_point = resume_point(layer, site)
+        self._resume_checked: dict[tuple[int, str], bool] = {}
 
     def hook_module(self, layer: int, site: str) -> nn.Module:
         """The module whose input (resid_pre) or output (the other sites) is the hook point."""
@@ -257,6 +283,82 @@ class LanguageModel:
         finally:
             handle.remove()
 
+    # --- forwards that start at a hook point ---
+    def _entry(self, point: tuple[int, str]) -> tuple[int, nn.Module | None]:
+        s = resume_block(*point)
+        if s < self.n_layers:
+            return s, self._blocks[s]
+        norms = [m for m in (_get(self.model, p) for p in _FINAL_NORM_PATHS) if isinstance(m, nn.Module)]
+        return s, norms[0] if norms else None
+
+    def can_resume(self, point: tuple[int, str] | None = None) -> bool:
+        """Whether a forward can start at ``point`` (default: this model's :attr:`resume_point`)."""
+        return self._entry(point or self.resume_point)[1] is not None
+
+    @contextmanager
+    def resumed(self, state: Tensor, point: tuple[int, str] | None = None):
+        """Inside, a forward of ``self.model`` starts at ``point`` (default :attr:`resume_point`): the blocks
+        before :func:`resume_block` are left out and the residual stream entering the first one that runs is
+        ``state`` [B, T, d] (the whole activation at ``point``, BOS included). The model's own forward still
+        builds the masks and position encodings from the token ids it is given (the embedding lookup is the only
+        work wasted), so every family's attention sees what it sees in a full forward."""
+        point = point or self.resume_point
+        s, entry = self._entry(point)
+        if entry is None:
+            raise SaefwError(f"{self.name}: cannot start a forward after block {s - 1} (no final norm found among "
+                             f"{', '.join(_FINAL_NORM_PATHS)})")
+
+        def inject(module, args, kwargs):
+            if args:
+                return (state.to(args[0].dtype), *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": state.to(kwargs["hidden_states"].dtype)}
+
+        owner_path, _, attr = self._block_path.rpartition(".")
+        owner = _get(self.model, owner_path) if owner_path else self.model
+        handle = entry.register_forward_pre_hook(inject, with_kwargs=True, prepend=True)
+        setattr(owner, attr, self._blocks[s:])
+        try:
+            yield
+        finally:
+            setattr(owner, attr, self._blocks)
+            handle.remove()
+
+    @torch.no_grad()
+    def resume_matches(self, tokens: Tensor, state: Tensor, point: tuple[int, str] | None = None,
+                       tol: float = 1e-4) -> bool:
+        """Whether the forward started at ``point`` from ``state`` gives the full forward's logits for
+        ``tokens`` (checked once per point and model; a model whose blocks see more than the residual stream,
+        e.g. per-layer token inputs, fails it and its callers fall back to full forwards)."""
+        point = point or self.resume_point
+        if point not in self._resume_checked:
+            ok = self.can_resume(point)
+            if ok:
+                full = self.model(tokens.to(self.device), use_cache=False).logits.float()
+                with self.resumed(state.to(self.device), point):
+                    part = self.model(tokens.to(self.device), use_cache=False).logits.float()
+                ok = bool(torch.allclose(full, part, rtol=tol, atol=tol))
+            self._resume_checked[point] = ok
+        return self._resume_checked[point]
+
+    def _forward(self, tokens: Tensor, edits: dict[tuple[int, str], Callable[[Tensor], Tensor | None]],
+                 start: Tensor | None = None, start_point: tuple[int, str] | None = None):
+        """``self.model`` on ``tokens`` with ``edits`` (hook point → function of the activation returning its
+        replacement or None), from the embeddings or, with ``start``, from ``start_point``'s state. An edit at
+        the start point itself is applied to ``start``."""
+        with ExitStack() as stack:
+            if start is not None:
+                start_point = start_point or self.resume_point
+                edits = dict(edits)
+                at_start = edits.pop(start_point, None)
+                state = start.to(self.device)
+                if at_start is not None:
+                    new = at_start(state)
+                    state = state if new is None else new
+                stack.enter_context(self.resumed(state, start_point))
+            for point, fn in edits.items():
+                stack.enter_context(self._hook(fn, *point))
+            return self.model(tokens.to(self.device), use_cache=False)
+
     @torch.no_grad()
     def activations(self, tokens: Tensor) -> Tensor:
         """Hook-point activations [B, T, d] for ``tokens`` [B, T]; the forward stops right after the hook."""
@@ -264,14 +366,16 @@ class LanguageModel:
 
     @torch.no_grad()
     def capture(self, tokens: Tensor, points: list[tuple[int, str]],
-                edits: dict[tuple[int, str], Callable[[Tensor], Tensor]] | None = None
+                edits: dict[tuple[int, str], Callable[[Tensor], Tensor]] | None = None,
+                start: Tensor | None = None, start_point: tuple[int, str] | None = None
                 ) -> dict[tuple[int, str], Tensor]:
         """Activations [B, T, d] at several hook points (layer, site) from one forward, stopped as soon as the
         last of them has been seen (so harvesting layers 6 and 25 together costs one pass to layer 25).
 
         ``edits`` maps hook points upstream of ``points`` to functions returning a replacement of the whole
         activation [B, T, d] (BOS included: the edit decides), so what is captured downstream is the edited
-        model's (the cross-layer ablations of :mod:`saefw.analysis.ablation`)."""
+        model's (the cross-layer ablations of :mod:`saefw.analysis.ablation`). ``start``: the state at
+        ``start_point`` to begin from (see :meth:`resumed`; an edit at ``start_point`` applies to it)."""
         captured: dict[tuple[int, str], Tensor] = {}
         wanted = set(points)
 
@@ -283,21 +387,21 @@ class LanguageModel:
             return grab
 
         with ExitStack() as stack:
-            for point, edit in (edits or {}).items():
-                stack.enter_context(self._hook(edit, *point))
             for point in wanted:
                 stack.enter_context(self._hook(grabber(point), *point))
             try:
-                self.model(tokens.to(self.device), use_cache=False)
+                self._forward(tokens, edits or {}, start, start_point)
             except _StopForward:
                 pass
         return captured
 
     @torch.no_grad()
     def logits(self, tokens: Tensor, replace: Callable[[Tensor], Tensor] | None = None,
-               capture: dict | None = None) -> Tensor:
+               capture: dict | None = None, start: Tensor | None = None) -> Tensor:
         """Full-model logits [B, T, V]. ``replace`` maps the non-BOS activations [B, T−1, d] to their
-        replacement; ``capture`` (a dict) receives the clean activation under key ``"x"``."""
+        replacement; ``capture`` (a dict) receives the clean activation under key ``"x"``. ``start``: the
+        residual stream at :attr:`resume_point` [B, T, d] for these tokens: the forward runs from there on
+        (:meth:`resumed`), with the same result."""
 
         def splice(x):
             if capture is not None:
@@ -308,19 +412,18 @@ class LanguageModel:
             new[:, 1:] = replace(x[:, 1:]).to(x.dtype)
             return new
 
-        with self._hook(splice):
-            return self.model(tokens.to(self.device), use_cache=False).logits.float()
+        return self._forward(tokens, {(self.layer, self.site): splice}, start).logits.float()
 
     @torch.no_grad()
-    def logits_and_final(self, tokens: Tensor, replace: Callable[[Tensor], Tensor] | None = None
-                         ) -> tuple[Tensor, Tensor]:
+    def logits_and_final(self, tokens: Tensor, replace: Callable[[Tensor], Tensor] | None = None,
+                         start: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Logits [B, T, V] (as :meth:`logits`, ``replace`` included) and the unembedding's input [B, T, d] (the
         last hidden state, after the final norm)."""
         seen: dict[str, Tensor] = {}
         handle = self.model.get_output_embeddings().register_forward_pre_hook(
             lambda module, args: seen.__setitem__("h", args[0].detach()))
         try:
-            logits = self.logits(tokens, replace=replace)
+            logits = self.logits(tokens, replace=replace, start=start)
         finally:
             handle.remove()
         return logits, seen["h"]

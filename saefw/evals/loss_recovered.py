@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 
 from saefw.evals.base import Evaluator
 from saefw.evals.stats import mean_se, ratio_se
-from saefw.lm import next_token_ce
+from saefw.lm import RESID_SITES, next_token_ce
 from saefw.registry import register
 
 
@@ -22,6 +22,9 @@ class LossRecoveredConfig:
     # what an evaluation needs of the clean model is cached (once per held-out split) up to this size, so an
     # evaluation pays one full-model forward instead of two; above it the clean forward is rerun each time
     clean_cache_mb: int = 1024
+    # start every forward at the hook from the held-out split's stored residual stream, running only the blocks
+    # after it (the same numbers: tests/evals/test_loss_recovered.py); false runs each from the embeddings
+    from_hook: bool = True
 
 
 @register("evaluator", "loss_recovered", LossRecoveredConfig)
@@ -36,7 +39,13 @@ class LossRecoveredEvaluator(Evaluator):
     BOS positions are neither replaced nor scored. ce_zero and the clean forward do not depend on the SAE: they
     are computed once per held-out split and number of contexts and cached by the source (on disk beside the
     activation store; for the clean forward, what KL needs of the clean distribution: see :meth:`_clean_summary`),
-    so a later evaluation runs the model once, SAE spliced in."""
+    so a later evaluation runs the model once, SAE spliced in.
+
+    Every forward starts at the hook (``from_hook``): the source holds the held-out contexts' residual stream
+    there (:meth:`~saefw.sources.base.ActivationSource.eval_states`), so only the blocks after the hook, the
+    final norm and the unembedding run — at layer 25 of 30, a fifth of a full forward. Zero-ablating a residual
+    site leaves nothing that depends on the tokens downstream (every context then enters the later blocks as the
+    same BOS state followed by zeros), so ce_zero there takes one context's forward, checked against a second."""
 
     requires = ("lm",)
 
@@ -49,21 +58,21 @@ class LossRecoveredEvaluator(Evaluator):
         def reconstruct(x):
             return sae.decode(sae.encode(x.to(sae_device, torch.float32))).to(x.device)
 
-        batches = tokens.split(self.cfg.batch_contexts)
-        zero = self.source.cached(f"ce_zero_{len(tokens)}", lambda: {"ce_zero": [
-            v for tb in tqdm(batches, desc="ce_zero (once per split)", unit="batch", leave=False)
-            for v in next_token_ce(lm.logits(tb, replace=torch.zeros_like), tb).mean(-1).tolist()]})
+        states = self.source.eval_states(len(tokens)) if self.cfg.from_hook else None
+        batches = list(zip(tokens.split(self.cfg.batch_contexts),
+                           [None] * len(tokens) if states is None else states.split(self.cfg.batch_contexts)))
+        zero = self.source.cached(f"ce_zero_{len(tokens)}", lambda: {"ce_zero": self._ce_zero(tokens, batches)})
         summary = self._clean_summary(tokens, batches)
         clean, spliced, kl = [], [], []
-        for i, tb in enumerate(tqdm(batches, desc="ce_loss_recovered", unit="batch", leave=False)):
+        for i, (tb, start) in enumerate(tqdm(batches, desc="ce_loss_recovered", unit="batch", leave=False)):
             if summary is None:  # the clean forward again, and KL from both full distributions
-                lc, ls = lm.logits(tb), lm.logits(tb, replace=reconstruct)
+                lc, ls = lm.logits(tb, start=start), lm.logits(tb, replace=reconstruct, start=start)
                 lp_clean, lp_sae = torch.log_softmax(lc[:, 1:-1], -1), torch.log_softmax(ls[:, 1:-1], -1)
                 clean += next_token_ce(lc, tb, lp_clean).mean(-1).tolist()
                 spliced += next_token_ce(ls, tb, lp_sae).mean(-1).tolist()
                 kl += (lp_clean.exp() * (lp_clean - lp_sae)).sum(-1).mean(-1).tolist()
                 continue
-            ls, hs = lm.logits_and_final(tb, replace=reconstruct)
+            ls, hs = lm.logits_and_final(tb, replace=reconstruct, start=start)
             ce = next_token_ce(ls, tb)  # [B, T−2]
             # log Z_sae = l_target − log p_target: the normaliser without another pass over the vocabulary
             log_z = ls[:, 1:-1].gather(-1, tb[:, 2:, None].to(ls.device)).squeeze(-1) + ce
@@ -78,6 +87,18 @@ class LossRecoveredEvaluator(Evaluator):
                 "ce_loss_recovered": (z - s).sum() / (z - c).sum(), "kl_div": k.mean(),
                 "ce_loss_recovered_se": ratio_se(z - s, z - c), "ce_delta_se": mean_se(s - c),
                 "kl_div_se": mean_se(k)}
+
+    def _ce_zero(self, tokens, batches) -> list[float]:
+        """Per-context CE with the hook activation zeroed (BOS kept)."""
+        lm = self.source.lm
+        first = batches[0][1]
+        if first is not None and lm.site in RESID_SITES and len(tokens) >= 2:
+            pair = lm.logits(tokens[:2], replace=torch.zeros_like, start=first[:2])
+            if torch.allclose(pair[0], pair[1], rtol=1e-5, atol=1e-5):  # nothing downstream sees the tokens
+                lp = torch.log_softmax(pair[0, 1:-1], -1)  # [T−2, V], the same for every context
+                return (-lp.gather(-1, tokens[:, 2:].T.to(lp.device)).T).mean(-1).tolist()
+        return [v for tb, start in tqdm(batches, desc="ce_zero (once per split)", unit="batch", leave=False)
+                for v in next_token_ce(lm.logits(tb, replace=torch.zeros_like, start=start), tb).mean(-1).tolist()]
 
     def _clean_summary(self, tokens, batches) -> dict | None:
         """What the SAE-spliced evaluation needs of the clean model, computed once per held-out split and cached
@@ -104,8 +125,8 @@ class LossRecoveredEvaluator(Evaluator):
 
         def compute():
             parts, exact = {"ce_clean": [], "p_clean_W": [], "offset": []}, True
-            for tb in tqdm(batches, desc="clean forward (once per split)", unit="batch", leave=False):
-                logits, final = lm.logits_and_final(tb)
+            for tb, start in tqdm(batches, desc="clean forward (once per split)", unit="batch", leave=False):
+                logits, final = lm.logits_and_final(tb, start=start)
                 # one context per batch is enough to tell a plain unembedding from a transformed one
                 exact = exact and torch.allclose(lm.unembed(final[:1]), logits[:1], rtol=1e-5, atol=1e-5)
                 for context, row in zip(logits, tb):  # one context at a time: float64 over T × V

@@ -51,6 +51,12 @@ class ActivationSource:
     def eval_batches(self, batch_size: int) -> Iterator[Tensor]:
         raise NotImplementedError
 
+    def eval_states(self, n: int) -> Tensor | None:
+        """An LM source: the residual stream [n, T, d] at the model's resume point for the first ``n`` held-out
+        contexts, so that evaluations start their forwards there (see :meth:`saefw.lm.LanguageModel.resumed`);
+        None: forwards run from the embeddings."""
+        return None
+
     def cached(self, name: str, compute: Callable[[], dict], tensors: bool = False) -> dict:
         """``compute()`` once per source and ``name`` (sources with a store keep it on disk across runs);
         ``tensors=True``: the dict's values are tensors (kept as safetensors rather than JSON)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import II
+from tqdm.auto import tqdm
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -22,7 +23,8 @@ from saefw.corpus import Corpus, split_documents
 from saefw.errors import SaefwError
 from saefw.harvest import fill_stores
 from saefw.distributed import local_device
-from saefw.lm import LanguageModel, check_layer_site, d_model_of, hook_name, load_config, model_digest, n_layers_of
+from saefw.lm import (RESID_SITES, LanguageModel, check_layer_site, d_model_of, hook_name, load_config, model_digest,
+                      n_layers_of)
 from saefw.registry import register
 from saefw.sources.base import ActivationSource, RunSpec
 from saefw.sources.shuffle import Chunk, ShuffleBuffer
@@ -212,6 +214,53 @@ class HFActivationSource(ActivationSource):
             self._eval_acts = acts[: len(self.eval_tokens) * self.tokens_per_context]
         per_batch = max(1, batch_size // self.tokens_per_context) * self.tokens_per_context
         yield from self._eval_acts.split(per_batch)
+
+    def eval_states(self, n: int) -> Tensor | None:
+        """The residual stream [n, T, d] at the model's resume point (:attr:`LanguageModel.resume_point`) for the
+        first ``n`` held-out contexts, BOS included: an evaluation's forwards start there and run only the blocks
+        after it (:meth:`LanguageModel.resumed`). None when this model's forward cannot start there: every
+        forward then runs from the embeddings.
+
+        For ``resid_pre``/``resid_post`` with a float32 store these are the held-out store's own activations
+        plus the BOS row (the same in every context: position 0 attends only to itself). Otherwise (``attn_out``
+        and ``mlp_out`` restart at their block's input, a bfloat16/float16 store is not the model's exact
+        state, live mode) one forward to that point per held-out split, kept beside the store."""
+        memo = self.__dict__.setdefault("_states", {})
+        if n in memo:
+            return memo[n]
+        lm, c = self.lm, self.cfg
+        tokens = self.eval_tokens[:n]
+        point = lm.resume_point
+        name = f"resume_{point[0]}_{point[1]}_{lm.precision_tag}"
+        memo[n] = None
+        if not lm.can_resume():
+            return None
+        if c.store and c.store_dtype == "float32" and c.site in RESID_SITES:
+            body = torch.cat(list(self.eval_batches(1 << 20)))[: n * self.tokens_per_context]
+            body = body.view(n, self.tokens_per_context, self.d_in)
+
+            def bos_row():
+                bos = lm.capture(tokens[:1], [point])[point][0, :1].float().cpu()
+                return {"bos": bos, "exact": torch.tensor(lm.resume_matches(tokens[:1], torch.cat([bos, body[0]])[None]))}
+
+            entry = self.cached(name, bos_row, tensors=True)
+            states = torch.cat([entry["bos"].expand(n, 1, self.d_in), body], 1)
+        else:
+            def capture():
+                parts = [lm.capture(b, [point])[point].float().cpu()
+                         for b in tqdm(tokens.split(c.forward_batch_size), desc="held-out states (once per split)",
+                                       unit="batch", leave=False)]
+                states = torch.cat(parts)
+                return {"states": states, "exact": torch.tensor(lm.resume_matches(tokens[:1], states[:1]))}
+
+            entry = self.cached(f"{name}_{n}", capture, tensors=True)
+            states = entry["states"]
+        if not bool(entry["exact"]):
+            log.warning("%s: a forward started at %s does not reproduce the full forward; evaluations run the "
+                        "whole model", c.model, hook_name(*point))
+            return None
+        memo[n] = states
+        return states
 
     # --- a small on-disk cache beside the held-out store (ce_zero per context, the clean summary for KL) ---
     def cached(self, name: str, compute: Callable[[], dict], tensors: bool = False) -> dict:

@@ -151,3 +151,50 @@ def test_a_bf16_model_scores_kl_from_both_distributions(tiny_models, tmp_path):
         spliced = src.lm.logits(tok, replace=lambda h: sae.decode(sae.encode(h)))
     lp, lq = F.log_softmax(clean[:, 1:-1], -1), F.log_softmax(spliced[:, 1:-1], -1)
     assert out["kl_div"] == pytest.approx((lp.exp() * (lp - lq)).sum(-1).mean().item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "neox", "llama"])
+@pytest.mark.parametrize("site", ["resid_pre", "resid_post", "attn_out", "mlp_out"])
+def test_evaluation_from_the_hook_equals_the_full_forward(tiny_models, tmp_path, kind, site):
+    """Forwards that start at the hook (the held-out split's stored residual stream) give every metric of the
+    forwards from the embeddings, to 1e-5; the last layer's resid_post starts at the final norm."""
+    discover()
+    layer = 3 if site == "resid_post" else 2
+    results = {}
+    for from_hook in (False, True):
+        src = build("source", {"name": "hf", "model": str(tiny_models[kind]), "layer": layer, "site": site,
+                               "context_size": 12, "eval_contexts": 5, "store_dir": str(tmp_path / str(from_hook))},
+                    spec=RunSpec(seed=0, train_tokens=500))
+        src.setup()
+        torch.manual_seed(0)
+        sae = build("arch", {"name": "l1"}, d_in=src.d_in, d_sae=64)
+        ev = build("evaluator", {"batch_contexts": 2, "from_hook": from_hook}, name="loss_recovered")
+        results[from_hook] = run_evaluators(sae, src, [ev])
+        assert (src.eval_states(5) is not None) and from_hook or not from_hook
+    for key in ("ce_clean", "ce_sae", "ce_zero", "ce_delta", "kl_div"):
+        assert results[True][key] == pytest.approx(results[False][key], rel=1e-5, abs=1e-6), key
+
+
+def test_ce_zero_of_a_residual_site_takes_one_forward_of_two_contexts(tiny_models, tmp_path):
+    src, sae = _source_and_sae(tiny_models, tmp_path, n_ctx=6)
+    model = src.lm.model
+    states = src.eval_states(6)  # built first: the count below is the evaluation's own forwards
+    assert states.shape == (6, 12, src.d_in)
+    rows = []
+    model.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    ev = build("evaluator", {"batch_contexts": 3}, name="loss_recovered")
+    out = run_evaluators(sae, src, [ev])
+    assert rows == [2, 3, 3, 3, 3]  # ce_zero (one pair), the clean summary, the spliced forwards
+    tok = src.eval_tokens
+    block = model.transformer.h[1]
+
+    def zero(mod, args, output):
+        h = (output[0] if isinstance(output, tuple) else output).clone()
+        h[:, 1:] = 0
+        return (h, *output[1:]) if isinstance(output, tuple) else h
+    handle = block.register_forward_hook(zero)
+    with torch.no_grad():
+        logits = model(tok).logits
+    handle.remove()
+    ce = F.cross_entropy(logits[:, 1:-1].reshape(-1, logits.shape[-1]), tok[:, 2:].reshape(-1)).item()
+    assert out["ce_zero"] == pytest.approx(ce, rel=1e-5)
