@@ -10,6 +10,9 @@ In a multirun (``-m``) a job that fails (a bad value, a diverged run, any except
 own dir (``metrics.json`` with ``status: failed`` and the one error line) and the sweep goes on; the command exits
 with status 1 at the end if any job failed. A single run stops at the error as before (one line, exit 2). A config Hydra cannot compose (unknown option,
 wrong type, unknown key) is reported the same way: one ``error:`` line, exit 2 (:mod:`saefw.hydra_errors`).
+
+Every command's console is quiet (:mod:`saefw.quiet`) unless ``verbose=true`` or ``hydra.verbose=true``, and its
+wall time counts from the process start (a multirun job's: from the job's start; see :func:`job_clock`).
 """
 from __future__ import annotations
 
@@ -17,9 +20,12 @@ import logging
 import os
 import re
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import saefw
 
 log = logging.getLogger("saefw")
 _PLUS_FAMILY = re.compile(r"^\+(source|arch|penalty|explainer)=")
@@ -83,6 +89,38 @@ def tally_job_dirs(sweep_dir: Path) -> None:
     _tally.jobs = max(_tally.jobs, jobs)
 
 
+def process_start() -> float:
+    """When this process started (epoch seconds), so a command's wall time includes interpreter start-up and
+    imports: the start time in /proc/self/stat (clock ticks after boot) against /proc/uptime. Where there is no
+    /proc, or it disagrees with when saefw was first imported (later than that, or more than a minute before it:
+    a process that did other things first), the import time."""
+    imported = saefw.IMPORTED
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()  # fields from the 3rd (state) on
+        since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError, AttributeError):
+        return imported
+    started = time.time() - uptime + since_boot
+    return started if imported - 60.0 <= started <= imported + 0.05 else imported
+
+
+class _Clock:
+    """The running command's wall clock (a :class:`saefw.report.WallClock`), set by :func:`command` per job."""
+
+    first_command = True
+    current = None
+
+
+def job_clock():
+    """The :class:`~saefw.report.WallClock` the running command's ``wall_seconds`` count from: the process start
+    for the command line's command; a multirun job's own start (several jobs share the process); the call's start
+    for :func:`command` called with ``argv`` or a second time in one process; now outside a command."""
+    from saefw.report import WallClock
+
+    return _Clock.current or WallClock.now()
+
+
 def _end_wandb_run(failed: bool) -> None:
     """Close the job's W&B run, so the next job of the multirun opens its own (Lightning's WandbLogger reuses
     any run still open in the process)."""
@@ -102,6 +140,9 @@ def command(config_name: str, task: Callable[[Any, Path], Any], argv: list[str] 
     exits with status 2, never a traceback. In a multirun a failing job (any exception) is recorded in its dir
     (:func:`saefw.failures.write_failed_record`), prints its error line and returns None, so the other jobs run;
     the command then exits with status 1."""
+    # the command line's own call (argv None) counts from the process start; an in-process call from its own start
+    from_process = argv is None and _Clock.first_command
+    started, _Clock.first_command = process_start() if from_process else time.time(), False
     import hydra
 
     from saefw.config import store_schema
@@ -128,12 +169,19 @@ def command(config_name: str, task: Callable[[Any, Path], Any], argv: list[str] 
         from hydra.types import RunMode
 
         from saefw.allocator import keep_freed_memory
+        from saefw.quiet import apply as quiet_console
+        from saefw.report import WallClock
 
+        hc = HydraConfig.get()
+        multirun = hc.mode == RunMode.MULTIRUN
+        # a multirun job's wall time is its own; a single run's, the process's
+        _Clock.current = WallClock.now("job") if multirun else WallClock(started, "process" if from_process
+                                                                        else "call")
         keep_freed_memory()  # here, not before Hydra: a launcher (submitit) runs this in processes of its own
         release_stderr()  # composed: from here on stderr is the real one
-        hc = HydraConfig.get()
+        quiet_console(verbose=bool(cfg.get("verbose", False)) or bool(hc.verbose))
         output_dir = Path(hc.runtime.output_dir)
-        if hc.mode != RunMode.MULTIRUN:
+        if not multirun:
             try:
                 return task(cfg, output_dir)
             except SaefwError as exc:
@@ -204,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
             sweeper = hc.sweeper._target_.rsplit(".", 1)[-1]
             raise SaefwError(f"hydra.sweeper={sweeper} optimises the job's return value, but objective is null: "
                              f"set e.g. objective=[l0,ce_loss_recovered] (see README)")
-        record = run(cfg, output_dir)
+        record = run(cfg, output_dir, clock=job_clock())
         check_finite(record)
         return record if objective is None else objective.values(record)
 

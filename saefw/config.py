@@ -65,6 +65,9 @@ class RunConfig:
     # what the job returns to an optimising sweeper (Optuna): null | metric | [metrics] | {metrics, targets};
     # see saefw/objective.py
     objective: Any = None
+    # false: a quiet console (a line per phase, the progress bars, the summary; saefw/quiet.py); true: also
+    # Lightning's info lines and tips, the model summary and the third-party warnings saefw silences
+    verbose: bool = False
 
 
 def run_tag(source: str, layer, site) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from saefw.atomic import write_json
 from saefw.errors import SaefwError
+from saefw.report import WallClock, print_summary
 
 log = logging.getLogger("saefw")
 
@@ -36,6 +36,7 @@ class EvaluateConfig:
     threads: int | None = None  # torch CPU threads
     source: Any = None
     evaluators: Any = None
+    verbose: bool = False  # true: Lightning's and the other libraries' info lines and warnings too (saefw/quiet.py)
 
 
 def store_schema() -> None:
@@ -63,16 +64,16 @@ def _where(cfg: DictConfig, meta: dict) -> dict:
     return {key: cfg[key] if cfg[key] is not None else meta[key] for key in ("model", "layer", "site")}
 
 
-def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
-    """Evaluate the SAE in ``cfg.sae``; returns the record also written to ``out_dir/metrics.json``."""
+def evaluate(cfg: DictConfig, out_dir: Path, clock: WallClock | None = None) -> dict:
+    """Evaluate the SAE in ``cfg.sae``; returns the record also written to ``out_dir/metrics.json``.
+    ``clock``: where its ``wall_seconds`` count from (the command passes the process start; default: now)."""
     from saefw.io import load_sae, sae_metadata
     from saefw.evals.base import run_evaluators
     from saefw.registry import build, discover, entry
-    from saefw.report import print_summary
     from saefw.run import build_evaluators
     from saefw.sources.base import RunSpec
 
-    t0 = time.time()
+    clock = clock or WallClock.now()
     if OmegaConf.is_missing(cfg, "sae"):
         raise SaefwError("sae=<dir> is required: the saved SAE to evaluate (a saefw run dir or a SAELens SAE dir)")
     discover()
@@ -113,7 +114,7 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
               "arch": sae.plugin_name, "penalty": meta["penalty"] or "n/a", **where, "source": cfg.source.name,
               "d_in": sae.d_in, "d_sae": sae.d_sae, "evaluated_sae": str(sae_dir.resolve()),
               "eval_tokens": sum(len(b) for b in source.eval_batches(cfg.eval_batch_size)),
-              "wall_seconds": round(time.time() - t0, 1)}
+              "wall_seconds": round(clock.seconds(), 1), "wall_from": clock.origin}
     write_json(out_dir / "metrics.json", record)
     print_summary(record, out_dir, title="saefw evaluation summary")
     return record
@@ -121,10 +122,10 @@ def evaluate(cfg: DictConfig, out_dir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m saefw.evaluate sae=<dir> [overrides]``."""
-    from saefw.cli import command
+    from saefw.cli import command, job_clock
 
     store_schema()
-    command("evaluate", evaluate, argv)
+    command("evaluate", lambda cfg, out_dir: evaluate(cfg, out_dir, clock=job_clock()), argv)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ from saefw.io import save_sae
 from saefw.penalties.base import PenaltyConfig
 from saefw.plan import RunPlan
 from saefw.registry import FAMILIES, build, discover, entry
-from saefw.report import PhaseTimer, Reporter, print_summary
+from saefw.quiet import is_quiet
+from saefw.report import PhaseTimer, Reporter, WallClock, print_summary
 from saefw.sources.base import RunSpec
 
 if TYPE_CHECKING:
@@ -117,11 +118,13 @@ def find_checkpoint(cfg: DictConfig, run_dir: Path, steps: int, zero: bool) -> R
     return found
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict:
+def run(cfg: DictConfig, run_dir: Path, clock: WallClock | None = None) -> dict:
     """Train and evaluate one SAE; writes sae_weights, cfg.json, config.yaml, metrics.json into ``run_dir``.
 
-    Under data parallelism every rank runs this; only global rank 0 evaluates and writes (the others return
-    an empty record)."""
+    ``clock``: where the record's ``wall_seconds`` (and its ``startup`` phase) count from; the command passes the
+    process start (a multirun: the job's start); default: this call. Under data parallelism every rank runs this;
+    only global rank 0 evaluates and writes (the others return an empty record)."""
+    clock = clock or WallClock.now()
     import pytorch_lightning as pl
 
     from saefw.checkpoint import check_identity
@@ -145,47 +148,47 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         torch.set_num_threads(cfg.threads)
 
     # plugins and data
-    timer = PhaseTimer()
+    timer = PhaseTimer(clock, announce=(lambda line: print(line, flush=True)) if zero else None)
     with timer("model_load"):  # an LM source reads the model's config here and loads the weights when first needed
         source = build("source", cfg.source, spec=RunSpec(seed=cfg.seed, train_tokens=plan.tokens))
     source.on_model_load = lambda seconds: timer.charge("model_load", seconds)
-    penalty = build("penalty", cfg.penalty)
-    sae = build_sae(cfg, source.d_in, penalty)
-    evaluators = build_evaluators(cfg, source) if zero else []  # only rank 0 evaluates
-    with timer("data_setup"):  # fingerprints, store check, harvest (split out below)
+    with timer("init", announce=False):  # the SAE and the evaluators first: a bad option fails before the data
+        penalty = build("penalty", cfg.penalty)
+        sae = build_sae(cfg, source.d_in, penalty)
+        evaluators = build_evaluators(cfg, source) if zero else []  # only rank 0 evaluates
+    with timer("data_setup", parts=lambda: {"harvest": source.harvest_seconds}):  # fingerprints, store, harvest
         source.setup()
-    timer.split("data_setup", "harvest", source.harvest_seconds)
     data = ActivationDataModule(source, plan.batch_size, plan.steps)
-    with timer("init"):
+    with timer("init"):  # data-dependent init, the training module, its loggers and its trainer
         head = torch.cat([b.float() for b in data.peek(cfg.train.init_batches)])
         sae.initialize_from_data(head)  # a resumed run then loads the checkpoint's weights over it
-
-    # training
-    target, controller = sparsity_control(cfg, sae, penalty, plan.steps)
-    module = SAEModule(sae, penalty, controller, cfg.train, plan.steps)
-    module.rank_facts = lambda: [source.harvest_seconds, float(source.store_status == "miss")]
-    provenance = {**source.describe(), "source": cfg.source.name, "penalty": cfg.penalty.name,
-                  "penalty_config": OmegaConf.to_container(cfg.penalty, resolve=True), "seed": cfg.seed}
-    lm_keys = {k: cfg[k] if entry("source", cfg.source.name).cls.needs_model else None for k in LM_KEYS}
-    identity = {"arch": cfg.arch.name, "penalty": cfg.penalty.name, "source": cfg.source.name, **lm_keys,
-                "d_in": source.d_in, "d_sae": sae.d_sae, "seed": cfg.seed, "steps": plan.steps,
-                "batch_size": plan.batch_size}
-    # what else shapes the training: a rerun in a finished run's dir with another target or lr is a new run
-    training = {"target_l0": target, "arch_config": OmegaConf.to_container(cfg.arch, resolve=True),
-                "penalty_config": OmegaConf.to_container(cfg.penalty, resolve=True),
-                "sparsity": OmegaConf.to_container(cfg.sparsity, resolve=True),
-                **{f"train.{k}": cfg.train[k] for k in TRAINING_KEYS}}
-    full_identity = {**identity, **training}
-    if resume is not None:
-        check_identity(resume, full_identity)
-    reporter = Reporter(cfg, run_dir, {**{k: v for k, v in identity.items() if k not in ("steps", "batch_size")},
-                                       "target_l0": target}, write=zero, resume_state=resume.state if resume else None,
-                        resume_step=resume.step if resume else None)
-    trainer = _trainer(cfg, plan, run_dir, source, evaluators, reporter, full_identity)
+        target, controller = sparsity_control(cfg, sae, penalty, plan.steps)
+        module = SAEModule(sae, penalty, controller, cfg.train, plan.steps)
+        module.rank_facts = lambda: [source.harvest_seconds, float(source.store_status == "miss")]
+        provenance = {**source.describe(), "source": cfg.source.name, "penalty": cfg.penalty.name,
+                      "penalty_config": OmegaConf.to_container(cfg.penalty, resolve=True), "seed": cfg.seed}
+        lm_keys = {k: cfg[k] if entry("source", cfg.source.name).cls.needs_model else None for k in LM_KEYS}
+        identity = {"arch": cfg.arch.name, "penalty": cfg.penalty.name, "source": cfg.source.name, **lm_keys,
+                    "d_in": source.d_in, "d_sae": sae.d_sae, "seed": cfg.seed, "steps": plan.steps,
+                    "batch_size": plan.batch_size}
+        # what else shapes the training: a rerun in a finished run's dir with another target or lr is a new run
+        training = {"target_l0": target, "arch_config": OmegaConf.to_container(cfg.arch, resolve=True),
+                    "penalty_config": OmegaConf.to_container(cfg.penalty, resolve=True),
+                    "sparsity": OmegaConf.to_container(cfg.sparsity, resolve=True),
+                    **{f"train.{k}": cfg.train[k] for k in TRAINING_KEYS}}
+        full_identity = {**identity, **training}
+        if resume is not None:
+            check_identity(resume, full_identity)
+        base = {**{k: v for k, v in identity.items() if k not in ("steps", "batch_size")}, "target_l0": target}
+        reporter = Reporter(cfg, run_dir, base, write=zero, resume_state=resume.state if resume else None,
+                            resume_step=resume.step if resume else None, clock=clock)
+        trainer = _trainer(cfg, plan, run_dir, source, evaluators, reporter, full_identity)
     check_global_batch(plan.batch_size, trainer.world_size)  # before any other rank is started
     data_record = {"activation_store": source.store_status}
+    eval_seconds = lambda: {"periodic_evaluate": sum(cb.seconds for cb in trainer.callbacks  # noqa: E731
+                                                     if isinstance(cb, EvalCallback))}
     try:
-        with timer("train"):
+        with timer("train", parts=eval_seconds):
             trainer.fit(module, datamodule=data, ckpt_path=str(resume.path) if resume else None,
                         weights_only=True)
     except SystemExit:
@@ -206,9 +209,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         end_process_group()
     if not trainer.is_global_zero:
         return {}
-    train_seconds = reporter.elapsed()
-    timer.split("train", "periodic_evaluate",
-                sum(cb.seconds for cb in trainer.callbacks if isinstance(cb, EvalCallback)))
+    train_seconds = timer.seconds["train"] + timer.seconds["periodic_evaluate"]
 
     # evaluation: on the device it trained on (Lightning's teardown moved it to the CPU)
     with timer("evaluate"):
@@ -216,9 +217,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         sae.finalize_for_inference(iter((head * sae.input_scale.cpu()).split(plan.batch_size)))
         metrics = run_evaluators(sae, source, evaluators, cfg.train.eval_batch_size)
         metrics["dead_fraction"] = module.dead_mask().float().mean().item()
-    reporter.log_eval(metrics, trainer.global_step, periodic=False)
     with timer("save"):
+        reporter.log_eval(metrics, trainer.global_step, periodic=False)
         save_sae(sae, run_dir, provenance)
+        reporter.plot(metrics)
     ranks = {"world_size": trainer.world_size}
     if module.rank_states is not None:
         ranks["rank_state"] = module.rank_states
@@ -231,7 +233,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                              final_coefficient=controller.coefficient(plan.steps),
                              tokens_trained=int(module.tokens_trained), resumed_from=resume.step if resume else None,
                              timings=timer.seconds, **ranks)
-    reporter.write(record, metrics)
+    reporter.write(record)
     print_summary(record, run_dir)
     return record
 
@@ -250,8 +252,10 @@ def _trainer(cfg: DictConfig, plan: RunPlan, run_dir: Path, source, evaluators, 
                  Checkpointer(run_dir / "checkpoints", tc.checkpoint_every_steps, state)]
     if cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(TokenProgressBar(plan.batch_size))
+    # the model-summary table only on a verbose console (saefw.quiet), unless the trainer config asks for it
     kwargs = {"max_epochs": 1, "default_root_dir": str(run_dir), "num_sanity_val_steps": 0,
-              "gradient_clip_val": None, **cfg.trainer, "max_steps": plan.steps, "enable_checkpointing": False}
+              "gradient_clip_val": None, "enable_model_summary": not is_quiet(), **cfg.trainer,
+              "max_steps": plan.steps, "enable_checkpointing": False}
     kwargs.update(strategy_kwargs(kwargs, AtomicCheckpointIO()))
     try:
         return pl.Trainer(logger=reporter.loggers, callbacks=callbacks, **kwargs)
