@@ -2,6 +2,10 @@
 ``<dir>/features/`` (see :mod:`saefw.analysis.feature_store`) and write the HTML dashboard ``<dir>/dashboard/``.
 
 A rerun with the same settings (and the same SAE weights) reuses the store and only rewrites the dashboard.
+
+The scan reads the hook activations of the contexts that a float32 activation store of the same text already
+holds (:func:`activation_store`; training harvested the held-out split's first ``eval_contexts`` and the train
+split's first ``total_tokens``) instead of running the model for them; the model runs for the rest.
 """
 from __future__ import annotations
 
@@ -11,10 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
+from saefw.analysis.scan import StoredActivations
+from saefw.corpus import Corpus
 from saefw.errors import SaefwError
+from saefw.lm import model_digest
+from saefw.store import ActivationStore, StoreKey, default_root
 
 log = logging.getLogger("saefw.features")
 SPLITS = ("heldout", "train", "all")
@@ -94,12 +103,47 @@ def scan_settings(cfg, meta: dict, corpus: str, context_size: int, digest: str) 
             "histogram_bins": cfg.histogram_bins, "seed": cfg.seed}
 
 
-def scan_text(cfg, lm, sae, settings: dict) -> tuple:
-    """Scan ``settings['corpus']`` and derive what the store keeps: (tokens, stats, top, quantiles, scan meta)."""
+def store_root(run_dir: Path | None) -> Path:
+    """Where the run's activation stores live: its ``source.store_dir`` (from the ``config.yaml`` training wrote),
+    else the default root."""
+    path = run_dir / "config.yaml" if run_dir is not None else None
+    if path is not None and path.is_file():
+        try:
+            store_dir = OmegaConf.select(OmegaConf.load(path), "source.store_dir", default=None)
+        except (OSError, yaml.YAMLError):
+            store_dir = None
+        if store_dir:
+            return Path(str(store_dir)).expanduser()
+    return default_root()
+
+
+def activation_store(cfg, settings: dict, run_dir: Path | None = None) -> ActivationStore | None:
+    """The float32 activation store of the scanned text, if one was harvested: its key built as
+    :meth:`saefw.sources.hf.HFActivationSource.store_key` builds it, from the scan's own model, hook point,
+    corpus, context size, split and held-out fraction (the fraction the hf source calls ``eval_doc_fraction``).
+    Finding it costs the model's weight digest (memoised) and one read of the corpus. None for ``split=all``
+    (no store holds it), when no store has the key, or when its manifest cannot be read (with a warning)."""
+    if cfg.split == "all":
+        return None
+    try:
+        corpus = Corpus(settings["corpus"], text_field=cfg.corpus_text_field)
+        key = StoreKey(model=settings["model"], model_digest=model_digest(settings["model"]),
+                       layer=int(settings["layer"]), site=settings["site"], corpus=settings["corpus"],
+                       corpus_digest=corpus.fingerprint(), context_size=settings["context_size"], split=cfg.split,
+                       heldout_fraction=cfg.heldout_fraction, dtype="float32")
+        store = ActivationStore(store_root(run_dir), key)
+        return store if store.manifest() is not None else None
+    except SaefwError as exc:
+        log.warning("not reading the activation store (%s): every scanned context runs the model", exc)
+        return None
+
+
+def scan_text(cfg, lm, sae, settings: dict, run_dir: Path | None = None) -> tuple:
+    """Scan ``settings['corpus']`` and derive what the store keeps: (tokens, stats, top, quantiles, scan meta).
+    The contexts a float32 activation store holds (:func:`activation_store`) are read from it, not run."""
     from saefw.analysis.quantiles import histogram, quantile_edges, quantile_samples, sample_values
     from saefw.analysis.scan import ScanSettings, context_batches, scan
     from saefw.analysis.stats import firing_stats
-    from saefw.corpus import Corpus
 
     corpus = Corpus(settings["corpus"], text_field=cfg.corpus_text_field)
     T = settings["context_size"]
@@ -108,7 +152,12 @@ def scan_text(cfg, lm, sae, settings: dict) -> tuple:
                               cfg.batch_contexts)
     ss = ScanSettings(top_n=cfg.top_n, before=cfg.window_before, after=cfg.window_after, pool=cfg.quantile_pool,
                       sample=cfg.histogram_sample, seed=cfg.seed)
-    result = scan(lm, sae, batches, ss, n_contexts=n_contexts, device=resolve_device(cfg.device))
+    store = activation_store(cfg, settings, run_dir)
+    stored = StoredActivations(store, lm) if store is not None else None
+    result = scan(lm, sae, batches, ss, n_contexts=n_contexts, device=resolve_device(cfg.device), activations=stored)
+    if stored is not None:
+        log.info("read %d of %d contexts from the activation store %s", stored.from_store, len(result.tokens),
+                 store.path)
     if result.n_tokens == 0:
         raise SaefwError(f"corpus={settings['corpus']!r} split={cfg.split} has fewer tokens than one context of {T}")
     if len(result.tokens) < n_contexts:
@@ -121,7 +170,8 @@ def scan_text(cfg, lm, sae, settings: dict) -> tuple:
     qs = quantile_samples(result.pool, quantile_edges(values, stats["max_act"], cfg.quantiles), cfg.quantile_samples)
     quant = {"edges": qs.edges, "value": qs.value, "context": qs.context, "position": qs.position, "acts": qs.acts}
     scan_meta = {"n_contexts": len(result.tokens), "n_tokens": result.n_tokens, "context_size": T,
-                 "corpus": settings["corpus"], "split": cfg.split, "heldout_fraction": cfg.heldout_fraction}
+                 "corpus": settings["corpus"], "split": cfg.split, "heldout_fraction": cfg.heldout_fraction,
+                 "from_store": stored.from_store if stored is not None else 0}
     return result.tokens, stats, result.top.feature_major(), quant, scan_meta
 
 
@@ -136,7 +186,7 @@ def compute(cfg, run_dir: Path, lm, sae, meta: dict, settings: dict, lens_settin
         log.info("reusing the stored scan in %s", run_dir / "features")
         tokens, stats, top, quant, scan_meta = old.tokens, old.stats, old.top, old.quantiles, old.meta["scan"]
     else:
-        tokens, stats, top, quant, scan_meta = scan_text(cfg, lm, sae, settings)
+        tokens, stats, top, quant, scan_meta = scan_text(cfg, lm, sae, settings, run_dir)
     if old is not None and old.meta["settings"].get("logit_lens") == lens_settings:
         lens = old.logit_lens
     else:
@@ -195,14 +245,17 @@ def features(cfg, output_dir: Path | None = None) -> dict:
                            contexts=cfg.dashboard.contexts, samples=cfg.dashboard.quantile_samples,
                            chunk_size=cfg.dashboard.chunk_size)
     summary = {"store": str(folder), "dashboard": str(page), "reused": scan_reused, "d_sae": data.d_sae,
-               "n_tokens": data.meta["scan"]["n_tokens"], "dead": len(data.dead), "dense": len(data.dense)}
+               "n_tokens": data.meta["scan"]["n_tokens"], "dead": len(data.dead), "dense": len(data.dense),
+               "from_store": data.meta["scan"].get("from_store", 0), "n_contexts": data.meta["scan"]["n_contexts"]}
     print_summary(summary, data)
     return summary
 
 
 def print_summary(summary: dict, data) -> None:
     live = summary["d_sae"] - summary["dead"] - len(set(data.dense) - set(data.dead))
-    rows = [("tokens scanned", f"{summary['n_tokens']:,}" + (" (stored scan reused)" if summary["reused"] else "")),
+    read = (f" ({summary['from_store']:,} of {summary['n_contexts']:,} contexts read from the activation store)"
+            if summary["from_store"] and not summary["reused"] else "")
+    rows = [("tokens scanned", f"{summary['n_tokens']:,}" + (" (stored scan reused)" if summary["reused"] else read)),
             ("features", f"{summary['d_sae']:,}: {live:,} live, {summary['dense']:,} dense "
                          f"(> {data.meta['dense_threshold']:.0%} of tokens), {summary['dead']:,} dead"),
             ("feature store", summary["store"]), ("dashboard", summary["dashboard"])]

@@ -5,6 +5,10 @@ one model relate, by weights (decoder cosine, :mod:`saefw.analysis.decoder_cosin
 Writes ``relations.json``/``relations.csv`` (:mod:`saefw.analysis.relations_table`), ``relations.html`` and
 ``relations.png`` (:mod:`saefw.analysis.relations_graph`) into ``out``, and a "Relations" panel into the dashboard
 of every run that has one (:mod:`saefw.analysis.relations_panel`).
+
+The ablations of a pair start at the upstream hook point from the clean residual stream its firing pass kept
+(``n_tokens`` × d × 4 bytes of host memory, e.g. 75 MB for 32k tokens of SmolLM2), so they run only the blocks
+between the two hook points.
 """
 from __future__ import annotations
 
@@ -179,12 +183,14 @@ def relations(cfg, output_dir: Path | None = None) -> dict:
         firing = source_firing(lm, up, up_point, contexts, cfg.batch_contexts)
         sources = chosen[k] if chosen[k] is not None else select_sources(firing, cfg.top_m, cfg.max_density)
         effects = ablation_effects(lm, up, up_point, down, down_point, contexts, sources, firing.in_context,
-                                   cfg.batch_rows)
+                                   cfg.batch_rows, states=firing.states)
+        firing.states = None  # N × T × d floats: free them before the next pair's pass
         edges += effect_edges(effects, firing, k, k + 1, cfg.effect_k,
                               up.decoder_directions if same_width else None,
                               down.decoder_directions if same_width else None)
         pairs.append({"source_run": k, "target_run": k + 1, "sources": effects.sources, "n_tokens": effects.n_tokens,
-                      "n_contexts": len(contexts), "rows": effects.rows})
+                      "n_contexts": len(contexts), "rows": effects.rows,
+                      "resumed": effects.resumed})
     settings = {"corpus": corpus, "split": cfg.split, "heldout_fraction": cfg.heldout_fraction,
                 "context_size": context_size, "n_tokens": cfg.n_tokens, "top_m": cfg.top_m,
                 "max_density": cfg.max_density, "features": chosen if cfg.features is not None else None,

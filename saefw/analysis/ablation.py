@@ -14,9 +14,17 @@ over every token of the held-out contexts. A context where i never fires is left
 model is causal and contexts are independent), so only the (context, feature) pairs where the feature fires
 are run: the cost is Σ_i #{contexts where i fires} forwards up to q, batched ``batch_rows`` at a time, each
 batch with one clean row per context it ablates in.
+
+Nothing before p changes under the ablation, so those forwards start at p (:meth:`saefw.lm.LanguageModel.resumed`):
+the clean pass that finds where the features fire also keeps the residual stream at ``resume_point(p)`` (p itself
+for a residual site, the input of p's block for ``attn_out``/``mlp_out``, whose block must run again with the
+edit inside it), and each ablation batch runs only the blocks from there to q. Those states cost
+N × T × d × 4 bytes of host memory (256 contexts × 128 tokens × 576 × 4 B = 75 MB for SmolLM2); a model whose
+forward cannot start there (or whose resumed forward does not reproduce the full one) runs from the embeddings.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +32,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from saefw.errors import SaefwError
+from saefw.lm import hook_name, resume_point
+
+log = logging.getLogger(__name__)
 
 Point = tuple[int, str]
 SITE_ORDER = {"resid_pre": 0, "attn_out": 1, "mlp_out": 2, "resid_post": 3}
@@ -53,11 +64,14 @@ def contribution_vectors(sae, features: list[int]) -> Tensor:
 @dataclass
 class SourceFiring:
     """Where the upstream SAE's features fire on the contexts: ``fired`` [d_sae] tokens (BOS excluded),
-    ``in_context`` [n_contexts, d_sae] whether each fires anywhere in each context, ``n_tokens`` scanned."""
+    ``in_context`` [n_contexts, d_sae] whether each fires anywhere in each context, ``n_tokens`` scanned;
+    ``states`` [n_contexts, T, d] float32 on the CPU: the clean residual stream at ``resume_point(point)`` (BOS
+    included), where the ablations' forwards start, or None where they cannot (they then run the whole model)."""
 
     fired: Tensor
     in_context: Tensor
     n_tokens: int
+    states: Tensor | None = None
 
     @property
     def density(self) -> Tensor:
@@ -65,19 +79,34 @@ class SourceFiring:
 
 
 @torch.no_grad()
-def source_firing(lm, sae, point: Point, contexts: Tensor, batch: int = 16, progress: bool = True) -> SourceFiring:
-    """One clean pass: where each feature of ``sae`` (reading ``point``) fires on ``contexts`` [N, T]."""
+def source_firing(lm, sae, point: Point, contexts: Tensor, batch: int = 16, progress: bool = True,
+                  keep_states: bool = True) -> SourceFiring:
+    """One clean pass: where each feature of ``sae`` (reading ``point``) fires on ``contexts`` [N, T]. With
+    ``keep_states`` (and a model whose forward can start there) the same forwards also capture the residual
+    stream at ``resume_point(point)`` (at or before ``point``, so the pass still stops at ``point``), for
+    :func:`ablation_effects` to start from."""
     dev = _param(sae).device
+    start = resume_point(*point)
+    keep = keep_states and lm.can_resume(start)
+    points = [point, start] if keep else [point]
     fired = torch.zeros(sae.d_sae, dtype=torch.long)
-    in_ctx = []
-    for start in tqdm(range(0, len(contexts), batch), desc=f"firing at {point[0]}/{point[1]}", unit="batch",
+    in_ctx, states = [], []
+    for first in tqdm(range(0, len(contexts), batch), desc=f"firing at {point[0]}/{point[1]}", unit="batch",
                       disable=not progress):
-        toks = contexts[start:start + batch]
-        x = lm.capture(toks, [point])[point][:, 1:].to(dev, torch.float32)
+        toks = contexts[first:first + batch]
+        caps = lm.capture(toks, points)
+        x = caps[point][:, 1:].to(dev, torch.float32)
         fires = sae.encode(x) > 0  # [B, T−1, d_sae]
         fired += fires.sum((0, 1)).cpu()
         in_ctx.append(fires.any(1).cpu())
-    return SourceFiring(fired, torch.cat(in_ctx), int(contexts[:, 1:].numel()))
+        if keep:
+            states.append(caps[start].to("cpu", torch.float32))
+    kept = torch.cat(states) if states else None
+    if kept is not None and not lm.resume_matches(contexts[:1], kept[:1], start):
+        log.warning("%s: a forward started at %s does not reproduce the full forward; the ablations run the whole "
+                    "model", lm.name, hook_name(*start))
+        kept = None
+    return SourceFiring(fired, torch.cat(in_ctx), int(contexts[:, 1:].numel()), kept)
 
 
 def select_sources(firing: SourceFiring, top_m: int, max_density: float) -> list[int]:
@@ -135,7 +164,7 @@ class AblationEffects:
     """Accumulated effects of ablating ``sources`` (features of the upstream SAE) on every downstream feature:
     ``drop_sum`` [M, d_down] Σ (g − g') over the tokens where the target fired cleanly; ``target_fired``
     [d_down] clean firing tokens; ``target_act_sum`` [d_down] Σ clean activation; ``n_tokens`` scanned;
-    ``rows`` context forwards run."""
+    ``rows`` context forwards run; ``resumed`` whether they started at the upstream point (else at the embeddings)."""
 
     sources: list[int]
     drop_sum: Tensor
@@ -143,6 +172,7 @@ class AblationEffects:
     target_act_sum: Tensor
     n_tokens: int
     rows: int
+    resumed: bool = False
 
     def effect(self) -> Tensor:
         """Mean drop of each target where it fired [M, d_down] (0 for a target that never fired)."""
@@ -156,10 +186,13 @@ class AblationEffects:
 
 @torch.no_grad()
 def ablation_effects(lm, up, up_point: Point, down, down_point: Point, contexts: Tensor, sources: list[int],
-                     in_context: Tensor, batch_rows: int = 32, progress: bool = True) -> AblationEffects:
+                     in_context: Tensor, batch_rows: int = 32, progress: bool = True,
+                     states: Tensor | None = None) -> AblationEffects:
     """Ablate each of ``sources`` (features of ``up`` at ``up_point``) on the ``contexts`` [N, T] where it
     fires (``in_context`` [N, d_up]) and accumulate the drops of every feature of ``down`` at ``down_point``
-    (see the module docstring for the equations)."""
+    (see the module docstring for the equations). ``states`` [N, T, d] (:attr:`SourceFiring.states`): the clean
+    residual stream at ``resume_point(up_point)``; each forward then starts there instead of at the embeddings,
+    with the same result."""
     if depth(down_point) <= depth(up_point):
         raise SaefwError(f"the downstream hook point {down_point} does not come after {up_point} in the forward "
                          f"pass: list runs from the earliest hook point to the latest")
@@ -170,6 +203,8 @@ def ablation_effects(lm, up, up_point: Point, down, down_point: Point, contexts:
     vectors = contribution_vectors(up, sources).to(dev)  # [M, d_in]
     fires = in_context[:, torch.tensor(sources, dtype=torch.long)]
     plan = plan_forwards(fires, batch_rows)
+    start_point = resume_point(*up_point)
+    resumed = states is not None and lm.can_resume(start_point)
     M, d_down = len(sources), down.d_sae
     drop_sum = torch.zeros(M, d_down, dtype=torch.float64)
     fired = torch.zeros(d_down, dtype=torch.long)
@@ -192,7 +227,9 @@ def ablation_effects(lm, up, up_point: Point, down, down_point: Point, contexts:
             new[:, 1:] = (body - a * row_vec[:, None, :]).to(x.device, x.dtype)
             return new
 
-        y = lm.capture(tokens, [down_point], edits={up_point: edit})[down_point]
+        start = states[fw.context] if resumed else None
+        y = lm.capture(tokens, [down_point], edits={up_point: edit}, start=start,
+                       start_point=start_point if resumed else None)[down_point]
         g = down.encode(y[:, 1:].to(dev, torch.float32)).double().cpu()  # [R, T−1, d_down]
         g_clean = g[fw.clean_row]
         drop = ((g_clean - g) * (g_clean > 0)).sum(1)  # [R, d_down]
@@ -202,4 +239,5 @@ def ablation_effects(lm, up, up_point: Point, down, down_point: Point, contexts:
         act_sum += counted.sum((0, 1))
         bar.update(len(fw.context))
     bar.close()
-    return AblationEffects(list(sources), drop_sum, fired, act_sum, int(contexts[:, 1:].numel()), total)
+    return AblationEffects(list(sources), drop_sum, fired, act_sum, int(contexts[:, 1:].numel()), total,
+                          resumed)

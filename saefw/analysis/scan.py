@@ -2,11 +2,17 @@
 sample of its firing tokens, in memory bounded by the SAE's width (never by the number of tokens scanned).
 
 Position 0 of every context is BOS: it is neither scored nor recorded, as everywhere in saefw.
+
+The hook activations come from the model, or, for the first contexts of a split that a float32 activation store
+already holds (training harvested them: the held-out split's first ``eval_contexts``, the train split's first
+``total_tokens``), from that store (:class:`StoredActivations`): they are the model's own values, and the scan
+then runs the model only for the contexts beyond it.
 """
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+import logging
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +20,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from saefw.analysis.running_top import RunningTop
+from saefw.store import ActivationStore, CorruptShardError
+
+log = logging.getLogger(__name__)
+Activations = Callable[[Tensor, int], Tensor]
+"""(contexts [B, T], row of the first one in the scanned stream) → their hook activations [B, T−1, d], BOS
+dropped."""
 
 
 @dataclass(frozen=True)
@@ -58,14 +70,80 @@ def context_batches(lm, docs: Iterable[str], context_size: int, n_contexts: int,
         yield torch.stack(part)
 
 
+def live_activations(lm) -> Activations:
+    """Every context's activations from a forward of ``lm`` stopped at its hook."""
+    return lambda batch, first: lm.activations(batch)[:, 1:]
+
+
+class StoredActivations:
+    """The activations of the first contexts of a split read from a float32 ``store`` of it (shard j holds the
+    split's contexts [j·S, (j+1)·S)), and from ``lm`` for the contexts beyond them.
+
+    A stored context is used only when its token ids equal the scanned ones (the store key covers the model's
+    weights but not its tokenizer files); from the first that differs, or a shard that fails its checksum, on,
+    every context comes from the model, with a warning. One shard is held in memory at a time. ``from_store`` and
+    ``from_model`` count the contexts served each way."""
+
+    def __init__(self, store: ActivationStore, lm):
+        self.store, self.lm = store, lm
+        self.manifest = store.manifest()
+        sizes = [s.n_contexts for s in self.manifest.shards] if self.manifest else []
+        self.starts = list(itertools.accumulate(sizes, initial=0))  # first context of each shard, then the end
+        self.n_stored = self.starts[-1]
+        self._shard: tuple[int, Tensor, Tensor] | None = None  # (index, activations [n, T−1, d], tokens [n, T])
+        self.from_store = self.from_model = 0
+
+    def _read(self, j: int) -> tuple[Tensor, Tensor]:
+        if self._shard is None or self._shard[0] != j:
+            tokens = self.store.read_tokens(j, self.manifest)
+            acts = self.store.read(j, self.manifest).view(len(tokens), tokens.shape[1] - 1, -1)
+            self._shard = (j, acts, tokens)
+        return self._shard[1], self._shard[2]
+
+    def _stored(self, batch: Tensor, first: int) -> list[Tensor]:
+        """Activations of the leading rows of ``batch`` the store holds (fewer when a row's tokens differ)."""
+        parts, row = [], first
+        while row < min(first + len(batch), self.n_stored):
+            j = next(k for k in range(len(self.starts) - 1) if row < self.starts[k + 1])
+            acts, tokens = self._read(j)
+            a, b = row - self.starts[j], min(first + len(batch), self.starts[j + 1]) - self.starts[j]
+            same = (tokens[a:b] == batch[row - first: row - first + b - a].cpu()).all(1)
+            n_same = int(same.long().cumprod(0).sum())
+            parts.append(acts[a:a + n_same])
+            row += n_same
+            if n_same < b - a:
+                self._give_up(f"context {row} of the split has other tokens than the store holds")
+                break
+        return parts
+
+    def _give_up(self, why: str) -> None:
+        log.warning("activation store %s: %s; the remaining contexts come from the model", self.store.path, why)
+        self.n_stored = 0
+
+    def __call__(self, batch: Tensor, first: int) -> Tensor:
+        try:
+            parts = self._stored(batch, first) if first < self.n_stored else []
+        except (CorruptShardError, OSError, ValueError) as exc:
+            self._give_up(str(exc))
+            parts = []
+        n = sum(len(p) for p in parts)
+        if n < len(batch):
+            parts.append(self.lm.activations(batch[n:])[:, 1:].float().cpu())
+        self.from_store += n
+        self.from_model += len(batch) - n
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
 @torch.no_grad()
 def scan(lm, sae, contexts: Iterable[Tensor], settings: ScanSettings, n_contexts: int | None = None,
-         device: str | torch.device = "cpu") -> ScanResult:
+         device: str | torch.device = "cpu", activations: Activations | None = None) -> ScanResult:
     """Encode the hook activations of ``contexts`` (batches [B, T], BOS first) with ``sae`` and keep, per
     feature: count of firing tokens, Σ f, max f, the ``top_n`` contexts with the highest max activation (one
     entry per context, at its argmax position), and two uniform samples of firing tokens (``pool`` with
     windows, ``sample`` values only) drawn with shared random keys, so the pool is a subsample of the sample.
+    ``activations`` gives each batch's activations (default: a forward of ``lm``; see :class:`StoredActivations`).
     ``n_contexts`` only sizes the progress bar."""
+    activations = activations or live_activations(lm)
     d_sae = sae.d_sae
     window = (settings.before, settings.after)
     top = RunningTop(settings.top_n, d_sae, window, device)
@@ -79,9 +157,9 @@ def scan(lm, sae, contexts: Iterable[Tensor], settings: ScanSettings, n_contexts
     bar = tqdm(total=n_contexts, desc="scanning features", unit="ctx")
     for batch in contexts:
         B, T = batch.shape
-        x = lm.activations(batch).to(device, torch.float32)
-        f = sae.encode(x.reshape(B * T, -1)).reshape(B, T, d_sae).float()
-        f[:, 0] = 0  # BOS: never scored
+        x = activations(batch, seen).to(device, torch.float32)  # [B, T−1, d]
+        f = torch.zeros(B, T, d_sae, device=device)  # BOS: never encoded, never scored
+        f[:, 1:] = sae.encode(x.reshape(B * (T - 1), -1)).reshape(B, T - 1, d_sae).float()
         body = f[:, 1:].reshape(-1, d_sae)  # [B·(T−1), d_sae]
         fires = body > 0
         fired += fires.sum(0)

@@ -6,7 +6,8 @@ from feature_helpers import all_activations, copy_sae, features_cfg, trained_run
 from saefw.analysis import feature_store as store
 from saefw.analysis.running_top import RunningTop
 from saefw.corpus import Corpus, split_documents
-from saefw.features import features
+from saefw.analysis.scan import StoredActivations
+from saefw.features import activation_store, features
 from saefw.io import load_sae
 from saefw.lm import LanguageModel
 
@@ -31,6 +32,33 @@ def test_scanned_text_is_the_evaluation_heldout_split(scanned):
     assert torch.equal(data.tokens.long(), expected)
     assert len(data.tokens) == -(-N_TOKENS // 31) and summary["n_tokens"] == len(data.tokens) * 31
     assert (data.tokens[:, 0] == lm.bos_id).all()
+
+
+def test_contexts_the_store_holds_are_read_from_it(scanned):
+    """Training harvested the held-out split's first eval_contexts (6) into a float32 store: the scan read those
+    and ran the model for the rest; the brute-force tests below (all from the model) hold for the whole scan."""
+    _, summary, data, _, _ = scanned
+    assert summary["from_store"] == data.meta["scan"]["from_store"] == 6 < len(data.tokens)
+
+
+def test_a_store_with_other_tokens_is_not_used(scanned, caplog):
+    """A store whose contexts differ from the scanned ones (another tokenizer under the same weights) gives the
+    model's activations from the first differing context on, with a warning."""
+    run, _, data, f, lm = scanned
+    sae = load_sae(run)
+    activations = StoredActivations(activation_store(features_cfg(run), data.meta["settings"]["scan"], run), lm)
+    assert activations.n_stored == 6
+    tokens = data.tokens[:8].long().clone()
+    tokens[2, 5] = (tokens[2, 5] + 1) % int(tokens.max())
+    with caplog.at_level("WARNING"):
+        x = activations(tokens, 0)
+    assert activations.from_store == 2 and activations.from_model == 6
+    assert "context 2 of the split has other tokens" in caplog.text
+    reference = lm.activations(tokens)[:, 1:]
+    torch.testing.assert_close(x, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sae.encode(x[:2]), f[:2, 1:], rtol=1e-5, atol=1e-5)
+    assert activations(tokens[:1], 0) is not None and activations.from_store == 2  # given up for good
+
 
 
 def test_density_and_mean_activation_match_brute_force(scanned):
