@@ -144,6 +144,7 @@ def command(config_name: str, task: Callable[[Any, Path], Any], argv: list[str] 
     from_process = argv is None and _Clock.first_command
     started, _Clock.first_command = process_start() if from_process else time.time(), False
     import hydra
+    from omegaconf.errors import MissingMandatoryValue
 
     from saefw.config import store_schema
     from saefw.errors import SaefwError
@@ -184,8 +185,8 @@ def command(config_name: str, task: Callable[[Any, Path], Any], argv: list[str] 
         if not multirun:
             try:
                 return task(cfg, output_dir)
-            except SaefwError as exc:
-                print(f"error: {exc}", file=sys.stderr)
+            except (SaefwError, MissingMandatoryValue) as exc:
+                print(f"error: {user_error(exc)}", file=sys.stderr)
                 raise SystemExit(2) from None
         _tally.jobs += 1
         failed = True
@@ -196,6 +197,7 @@ def command(config_name: str, task: Callable[[Any, Path], Any], argv: list[str] 
         except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the sweep
             from saefw.failures import write_failed_record
 
+            exc = user_error(exc)
             record = write_failed_record(output_dir, exc, cfg, list(hc.overrides.task), hc.job.get("num"))
             _tally.failed.append(str(output_dir))
             print(f"error: {record['error']}", file=sys.stderr)
@@ -221,6 +223,21 @@ def command(config_name: str, task: Callable[[Any, Path], Any], argv: list[str] 
               file=sys.stderr)
         raise SystemExit(1)
     return result
+
+
+def user_error(exc: BaseException) -> BaseException:
+    """``exc`` as the user should read it: OmegaConf's MissingMandatoryValue (a command read a ``???`` key nobody
+    set, e.g. ``python -m saefw.features`` without ``run=``) becomes the :func:`saefw.errors.unset_value` error
+    naming the key; anything else is returned as it is."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    from saefw.errors import unset_value
+
+    if isinstance(exc, MissingMandatoryValue):
+        error = unset_value(str(exc.full_key or "a mandatory value"))
+        error.__cause__ = exc
+        return error
+    return exc
 
 
 def _sweeper_optimises(hc) -> bool:

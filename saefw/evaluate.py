@@ -1,21 +1,25 @@
 """``python -m saefw.evaluate sae=<dir>``: saefw's evaluators on a saved SAE (a saefw run directory or a SAELens
 SAE directory) over the source's held-out split.
 
-Model, layer and site come from the SAE's cfg.json (``model=``, ``layer=``, ``site=`` override them); the source
-and the evaluator list are configured exactly as in training (``source.context_size=64``, ``evaluators=[l0]``).
+Model, layer and site come from the SAE's cfg.json (``model=``, ``layer=``, ``site=`` override them). A saefw run
+directory also gives the source (every one of its settings, a plugin source's as much as hf's) and the evaluators it
+trained with; the command line overrides them exactly as in training (``source.context_size=64``,
+``evaluators=[l0]``, or ``source=<other>`` to read another source).
 The summary is printed and written, with the metrics, to ``metrics.json`` in this command's own output
 directory (``outputs/evaluate/<date>/<time>/`` unless ``hydra.run.dir=`` says otherwise)."""
 from __future__ import annotations
 
+import copy
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from saefw.atomic import write_json
 from saefw.errors import SaefwError
@@ -64,10 +68,38 @@ def _where(cfg: DictConfig, meta: dict) -> dict:
     return {key: cfg[key] if cfg[key] is not None else meta[key] for key in ("model", "layer", "site")}
 
 
-def evaluate(cfg: DictConfig, out_dir: Path, clock: WallClock | None = None) -> dict:
+def _nothing_given(key: str) -> bool:
+    return False
+
+
+def carried(cfg: DictConfig, saved: dict | None, given: Callable[[str], bool]) -> dict:
+    """The ``source`` and ``evaluators`` to evaluate with: a training run's own (every setting it saved in its
+    ``config.yaml``, a plugin source's ``source.path`` as much as hf's ``source.context_size``), except what the
+    caller set itself (``given(key)``): ``source=<other>`` picks another source and drops the run's source
+    settings, ``source.<key>=`` replaces one of them, ``evaluators=`` replaces the list. Without a saved config (a
+    SAELens directory) both are ``cfg``'s."""
+    out = {"source": OmegaConf.to_container(cfg.source, resolve=False),
+           "evaluators": OmegaConf.to_container(cfg.evaluators, resolve=False) if cfg.evaluators is not None
+           else None}
+    saved = saved or {}
+    source = saved["source"] if isinstance(saved.get("source"), dict) else {}
+    other = given("source") and out["source"]["name"] != source.get("name")  # source=<another one>
+    if source.get("name") and not other:
+        own = {k: v for k, v in out["source"].items() if given(f"source.{k}")}
+        out["source"] = {**source, **own}
+    if isinstance(saved.get("evaluators"), dict) and not given("evaluators"):
+        out["evaluators"] = saved["evaluators"]
+    return out
+
+
+def evaluate(cfg: DictConfig, out_dir: Path, clock: WallClock | None = None,
+             given: Callable[[str], bool] = _nothing_given) -> dict:
     """Evaluate the SAE in ``cfg.sae``; returns the record also written to ``out_dir/metrics.json``.
-    ``clock``: where its ``wall_seconds`` count from (the command passes the process start; default: now)."""
-    from saefw.io import load_sae, sae_metadata
+    ``clock``: where its ``wall_seconds`` count from (the command passes the process start; default: now).
+    ``given(key)``: whether the caller set ``key`` itself (the command passes the command line's,
+    :func:`saefw.cli.on_command_line`), which then wins over the setting a training run saved (:func:`carried`);
+    by default every saved source and evaluator setting is the run's."""
+    from saefw.io import load_sae, sae_metadata, saved_run_config
     from saefw.evals.base import run_evaluators
     from saefw.registry import build, discover, entry
     from saefw.run import build_evaluators
@@ -82,6 +114,9 @@ def evaluate(cfg: DictConfig, out_dir: Path, clock: WallClock | None = None) -> 
     sae = load_sae(sae_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_output_dir(out_dir, sae_dir)
+    cfg = copy.deepcopy(cfg)  # the caller's config stays as it was
+    with open_dict(cfg):
+        cfg.update(carried(cfg, saved_run_config(sae_dir), given))
     where = _where(cfg, meta)
     missing = [k for k, v in where.items() if v is None]
     if missing and entry("source", cfg.source.name).cls.needs_model:
@@ -122,10 +157,11 @@ def evaluate(cfg: DictConfig, out_dir: Path, clock: WallClock | None = None) -> 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m saefw.evaluate sae=<dir> [overrides]``."""
-    from saefw.cli import command, job_clock
+    from saefw.cli import command, job_clock, on_command_line
 
     store_schema()
-    command("evaluate", lambda cfg, out_dir: evaluate(cfg, out_dir, clock=job_clock()), argv)
+    command("evaluate", lambda cfg, out_dir: evaluate(cfg, out_dir, clock=job_clock(), given=on_command_line),
+            argv)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from saefw import saelens_format
@@ -29,14 +30,12 @@ _HOOK = re.compile(r"^blocks\.(\d+)\.(?:hook_(resid_pre|resid_post|mlp_out|attn_
 
 
 def fold_input_scale(sae):
-    """A copy of ``sae`` that takes raw activations with ``input_scale`` = 1, the scale folded into weights:
-    W_enc·s, W_dec/s, b_dec/s (exact for every arch whose encoder reads W_enc(x − b_dec))."""
+    """A copy of ``sae`` that takes raw activations with ``input_scale`` = 1, the scale folded into its weights by
+    the arch's own :meth:`~saefw.arch.base.SAE.fold_input_scale` (W_enc·s, W_dec/s, b_dec/s unless it says
+    otherwise)."""
     sae = copy.deepcopy(sae)
-    s = sae.input_scale.item()
     with torch.no_grad():
-        sae.W_enc.mul_(s)
-        sae.W_dec.div_(s)
-        sae.b_dec.div_(s)
+        sae.fold_input_scale(sae.input_scale.item())
         sae.input_scale.fill_(1.0)
     return sae
 
@@ -69,6 +68,21 @@ def read_config(folder: Path) -> dict:
     if not isinstance(cfg, dict):
         raise SaefwError(f"{path} is corrupt: not a JSON object")
     return cfg
+
+
+def saved_run_config(folder: Path) -> dict | None:
+    """The whole (resolved) config a saefw training run saved beside its SAE (``config.yaml``), or None where the
+    directory has none (a SAELens directory) or it cannot be read (with a warning): what ``saefw.evaluate``
+    takes the run's source and evaluators from."""
+    path = Path(folder) / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception as exc:  # noqa: BLE001 - YAML and OmegaConf raise several types for a garbled file
+        log.warning("%s cannot be read (%s): the run's saved settings are not used", path, exc)
+        return None
+    return cfg if isinstance(cfg, dict) else None
 
 
 def is_legacy(cfg: dict) -> bool:

@@ -21,9 +21,9 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
-from saefw.errors import SaefwError
+from saefw.errors import SaefwError, unset_value
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,22 @@ def make_config(family: str, name: str, cfg: DictConfig | dict | None = None) ->
     unknown = sorted(set(fields) - known)
     if unknown:
         raise SaefwError(f"{FAMILIES[family]}={name} has no option {', '.join(unknown)}; options: {', '.join(sorted(known))}")
-    return e.config_cls(**fields)
+    config = e.config_cls(**fields)
+    # a mandatory field (MISSING, ``???``) left unset would reach the plugin as the string '???'
+    prefix = f"evaluators.{name}" if family == "evaluator" else FAMILIES[family]
+    unset = _unset_keys(dataclasses.asdict(config), prefix)
+    if unset:
+        raise unset_value(unset[0], f"{FAMILIES[family]}={name}")
+    return config
+
+
+def _unset_keys(value: Any, key: str) -> list[str]:
+    """The dotted keys under ``key`` whose value is OmegaConf's MISSING (``???``)."""
+    if isinstance(value, dict):
+        return [u for k, v in value.items() for u in _unset_keys(v, f"{key}.{k}")]
+    if isinstance(value, list):
+        return [u for i, v in enumerate(value) for u in _unset_keys(v, f"{key}[{i}]")]
+    return [key] if value == MISSING else []
 
 
 def build(family: str, cfg: DictConfig | dict, name: str | None = None, **kwargs: Any) -> Any:

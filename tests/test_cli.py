@@ -41,6 +41,14 @@ def test_card_command_and_its_layer_error(tiny_model, tmp_path):
         assert f"error: layer=25 is out of range: {tiny_model} has 4 layers (0-3)" in r.stderr.splitlines()
 
 
+def test_an_unset_mandatory_key_is_one_error_line_naming_it(tmp_path):
+    """A command's own ``???`` key (features' ``run``) read unset: one line naming the key and how to set it, exit 2."""
+    r = run_cli(cwd=tmp_path, module="saefw.features")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == ("error: run is not set (??? in the config: it is mandatory); set it "
+                                                 "on the command line: run=<value>")
+
+
 def test_unknown_arch_lists_registered_ones(tmp_path):
     r = run_cli("arch=nope", cwd=tmp_path)
     assert r.returncode != 0

@@ -9,7 +9,7 @@ from hydra.core.global_hydra import GlobalHydra
 from helpers import run_cli
 from saefw.cli import conf_dir
 from saefw.errors import SaefwError
-from saefw.evaluate import evaluate, store_schema
+from saefw.evaluate import carried, evaluate, store_schema
 
 SOURCE = ["source.context_size=32", "source.eval_contexts=6"]
 
@@ -131,3 +131,19 @@ def test_a_synthetic_source_sae_evaluates_on_its_source_with_ground_truth(compos
                       tmp_path / "e")
     assert record["mmcs"] == pytest.approx(1.0) and record["frac_recovered"] == 1.0  # ground_truth by default
     assert "ce_loss_recovered" not in record and record["eval_tokens"] == 2048 and record["penalty"] == "none"
+
+
+def test_the_runs_source_and_evaluators_are_carried_unless_the_caller_sets_them(composed):
+    saved = {"source": {"name": "synthetic", "d": 16, "eval_tokens": 512}, "evaluators": {"l0": {}}}
+    out = carried(composed("sae=x"), saved, lambda key: False)  # only sae=: every saved setting, source included
+    assert out == {"source": saved["source"], "evaluators": {"l0": {}}}
+    given = {"source", "source.eval_tokens", "evaluators"}.__contains__
+    out = carried(composed("sae=x", "source=synthetic", "source.eval_tokens=128", "evaluators=[l0,shrinkage]"),
+                  saved, given)
+    assert out["source"] == {"name": "synthetic", "d": 16, "eval_tokens": 128}  # the one given wins, d stays
+    assert sorted(out["evaluators"]) == ["l0", "shrinkage"]
+    out = carried(composed("sae=x", "source=hf", "source.context_size=64"), saved,
+                  {"source", "source.context_size"}.__contains__)
+    assert (out["source"]["name"], out["source"]["context_size"], "d" in out["source"]) == ("hf", 64, False)
+    assert out["evaluators"] == {"l0": {}}
+    assert carried(composed("sae=x"), None, lambda key: False)["source"]["name"] == "hf"  # a SAELens dir

@@ -1,13 +1,20 @@
 """The worked plugin in plugins/ (the Matryoshka TopK SAE): its loss against a hand computation, and the real CLI
 finding it in a working directory that holds a copy of plugins/, training it, and saving a SAELens-loadable
 run whose first latents reconstruct on their own far better than a plain topk's."""
+import dataclasses
 import json
+import re
 import shutil
+import sys
 
 import pytest
 import torch
 
 from helpers import REPO, run_cli, set_params
+from saefw.arch.base import SAE
+from saefw.evals.base import Evaluator
+from saefw.penalties.base import Penalty
+from saefw.sources.base import ActivationSource
 from saefw.errors import SaefwError
 from saefw.registry import build, discover, entry
 
@@ -99,3 +106,60 @@ def test_help_from_the_repository_root_lists_the_example():
     assert r.returncode == 0
     arch_line = next(line for line in r.stdout.splitlines() if line.startswith("arch: "))
     assert "matryoshka" in arch_line and "topk" in arch_line
+
+
+BASES = (SAE, ActivationSource, Evaluator, Penalty)
+
+
+def readme_plugin_section() -> str:
+    """README.md's "Writing a plugin" section (up to the next heading)."""
+    return (REPO / "README.md").read_text().split("\n## Writing a plugin\n", 1)[1].split("\n## ", 1)[0]
+
+
+def framework_calls(name: str) -> bool:
+    """Whether saefw's own code calls a method ``name`` anywhere (``.name(``): the pipeline, not a test, uses it."""
+    pattern = re.compile(rf"\.{re.escape(name)}\(")
+    return any(pattern.search(p.read_text()) for p in (REPO / "saefw").rglob("*.py"))
+
+
+def test_readme_plugin_snippet_is_the_real_api(matryoshka_cls):
+    """The README's plugin code, executed with the worked example's imports: the config it shows is the example's,
+    every method it defines is one the example really overrides, that a base class declares and that the framework
+    calls (a ``loss`` the trainer no longer calls fails here), and it computes what the example computes."""
+    blocks = re.findall(r"```python\n(.*?)```", readme_plugin_section(), re.S)
+    assert blocks, "no python code in README's Writing a plugin section"
+    shown = []
+    namespace = {**vars(sys.modules[matryoshka_cls.__module__]),
+                 "register": lambda family, name, cfg: lambda cls: shown.append((family, name, cfg, cls)) or cls}
+    for code in blocks:
+        exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+    assert [(family, name) for family, name, _, _ in shown] == [("arch", "matryoshka")]
+    _, name, cfg_cls, cls = shown[0]
+    real = entry("arch", name)
+    assert [f.name for f in dataclasses.fields(cfg_cls)] == [f.name for f in dataclasses.fields(real.config_cls)]
+    methods = [m for m, v in vars(cls).items() if callable(v)]
+    assert methods, "the README's class defines no method"
+    for method in methods:
+        assert method in vars(real.cls), f"README shows {method}, which plugins/matryoshka.py does not define"
+        assert any(hasattr(base, method) for base in BASES), f"README shows {method}, no base class has it"
+        assert framework_calls(method), f"README shows {method}, which the framework never calls"
+
+    # the README's train_forward on the real plugin's object gives the real terms
+    torch.manual_seed(0)
+    sae = build("arch", {"name": "matryoshka", "k": 2, "group_fractions": [0.5, 1.0]}, d_in=4, d_sae=8)
+    x = torch.randn(16, 4)
+    dead = torch.zeros(8, dtype=torch.bool)
+    dead[5:] = True
+    ours, theirs = cls.train_forward(sae, x, dead), sae.train_forward(x, dead)
+    torch.testing.assert_close(ours.mse, theirs.mse)
+    torch.testing.assert_close(ours.aux["aux_loss"], theirs.aux["aux_loss"])
+    torch.testing.assert_close(ours.f, theirs.f)
+
+
+def test_readme_names_only_base_methods_the_framework_calls():
+    """Every base-class method the section names in backticks (`train_forward`, `eval_batches`, ...) is one the
+    framework calls."""
+    named = set(re.findall(r"`(\w+)`", readme_plugin_section()))
+    api = {n for n in named if any(callable(getattr(base, n, None)) for base in BASES)}
+    assert {"train_forward", "train_batches", "eval_batches", "update", "compute"} <= api
+    assert not [n for n in sorted(api) if not framework_calls(n)]

@@ -168,6 +168,16 @@ class SAE(nn.Module):
         """Called once after training with an iterator of scaled training batches (batchtopk fits its threshold)."""
 
     # --- saving (SAELens tensor names) ---
+    @torch.no_grad()
+    def fold_input_scale(self, s: float) -> None:
+        """In place: make the weights take raw activations with ``input_scale`` = 1, the scalar ``s`` folded into
+        them (saving calls this on a copy: a saved SAE has no ``input_scale``). The default, W_enc·s, W_dec/s,
+        b_dec/s, is exact for an arch whose encoder reads W_enc(x − b_dec) and whose decoder is its own
+        parameter; an arch that ties or derives its weights (a decoder computed from the encoder) overrides it."""
+        self.W_enc.mul_(s)
+        self.W_dec.div_(s)
+        self.b_dec.div_(s)
+
     def saved_tensors(self) -> dict[str, Tensor]:
         return {k: v.detach() for k, v in self.state_dict().items()}
 
