@@ -14,6 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
+from saefw.allocator import release_freed_memory
 from saefw.errors import SaefwError
 
 SMOLLM2_ALIAS = "smollm2-135m"
@@ -69,13 +70,20 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     config = AutoConfig.for_model(**{k: v for k, v in model.config.to_dict().items()
                                      if k not in ("quantization_config", "model_type")},
                                   model_type=model.config.model_type)
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(model.state_dict())
+    # the plain model takes over the dequantised tensors instead of copying them: a second set of weights would
+    # be the largest allocation of a first run
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict(), assign=True)
+    plain.tie_weights()
+    del model
     # a folder of this process's own: sweep jobs starting together on a fresh machine all convert at once
     tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     plain.save_pretrained(tmp)
     tok.save_pretrained(tmp)
+    del plain
+    release_freed_memory()  # the run loads the saved checkpoint next: the GGUF copy must not stay under it
     _publish(tmp, target)
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from saefw.allocator import release_freed_memory
 from saefw.atomic import write_text
 from saefw.cli import on_command_line
 from saefw.errors import SaefwError
@@ -162,6 +163,7 @@ def run(cfg: DictConfig, run_dir: Path, clock: WallClock | None = None) -> dict:
     with timer("init"):  # data-dependent init, the training module, its loggers and its trainer
         head = torch.cat([b.float() for b in data.peek(cfg.train.init_batches)])
         sae.initialize_from_data(head)  # a resumed run then loads the checkpoint's weights over it
+        release_freed_memory()  # the store reads behind the shuffle buffer's first fill
         target, controller = sparsity_control(cfg, sae, penalty, plan.steps)
         module = SAEModule(sae, penalty, controller, cfg.train, plan.steps)
         module.rank_facts = lambda: [source.harvest_seconds, float(source.store_status == "miss")]

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from saefw.allocator import release_freed_memory
+
 
 class Evaluator:
     """Streaming evaluator: ``begin`` → ``update`` per held-out batch → ``compute``.
@@ -59,3 +61,4 @@ def run_evaluators(sae, source, evaluators: list[Evaluator], batch_size: int = 4
         return out
     finally:
         sae.train(was_training)
+        release_freed_memory()  # an evaluation's logits must not stay on top of training's heap

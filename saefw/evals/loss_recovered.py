@@ -73,7 +73,8 @@ class LossRecoveredEvaluator(Evaluator):
                 kl += (lp_clean.exp() * (lp_clean - lp_sae)).sum(-1).mean(-1).tolist()
                 continue
             ls, hs = lm.logits_and_final(tb, replace=reconstruct, start=start)
-            ce = next_token_ce(ls, tb)  # [B, T−2]
+            # one context's log-softmax at a time: T × V floats beside the logits, not another B × T × V
+            ce = torch.cat([next_token_ce(lc[None], row[None]) for lc, row in zip(ls, tb)])  # [B, T−2]
             # log Z_sae = l_target − log p_target: the normaliser without another pass over the vocabulary
             log_z = ls[:, 1:-1].gather(-1, tb[:, 2:, None].to(ls.device)).squeeze(-1) + ce
             rows = slice(i * self.cfg.batch_contexts, i * self.cfg.batch_contexts + len(tb))
