@@ -23,8 +23,8 @@ from saefw.registry import register
 
 @dataclass
 class MatryoshkaConfig(TopKConfig):
-    # the nested dictionary sizes as fractions of d_sae, increasing; the last is the whole dictionary (1.0)
-    group_fractions: list[float] = field(default_factory=lambda: [0.0625, 0.125, 0.25, 0.5, 1.0])
+    group_fractions: list[float] = field(default_factory=lambda: [0.0625, 0.125, 0.25, 0.5, 1.0], metadata={"help": (
+        "the nested dictionary sizes as fractions of d_sae, increasing; the last is the whole dictionary (1.0)")})
 
 
 @register("arch", "matryoshka", MatryoshkaConfig)
@@ -38,7 +38,7 @@ class MatryoshkaSAE(TopKSAE):
     means for topk. Only training differs from topk: inference is f = ReLU(TopK_k(z)), x̂ = x̂_G, so saved
     directories load in SAELens as its ``topk`` architecture."""
 
-    saelens_architecture = "topk"
+    saelens_architecture = "topk"  # exported with topk's hooks (inherited); SAELens topk dirs stay topk's to read
 
     def __init__(self, cfg: MatryoshkaConfig, d_in: int, d_sae: int):
         super().__init__(cfg, d_in, d_sae)

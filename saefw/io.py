@@ -48,8 +48,8 @@ def save_sae(sae, folder: Path, provenance: dict | None = None) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     folded = fold_input_scale(sae)
-    tensors = {k: v.detach().float().cpu().contiguous() for k, v in folded.state_dict().items()
-               if k != "input_scale"}
+    state = {k: v.detach().float().cpu().contiguous() for k, v in folded.state_dict().items() if k != "input_scale"}
+    tensors = {k: v.contiguous() for k, v in saelens_format.export_tensors(folded, state).items()}
     cfg = saelens_format.export_config(folded, provenance)
     with atomic_path(folder / WEIGHTS) as tmp:
         save_file(tensors, str(tmp))
@@ -101,16 +101,17 @@ def _resolve_arch(cfg: dict, where: Path, tensors: dict) -> tuple[str, dict, dic
     """(arch, arch config, state dict) for a format-2 or SAELens cfg.json."""
     own = (cfg.get("metadata") or {}).get("saefw")
     sl_arch = saelens_format.saelens_arch_of(cfg)
-    if sl_arch in saelens_format.IMPORTED:
+    readable = sl_arch in saelens_format.readable_architectures()
+    if readable:
         name, arch_config, tensors = saelens_format.import_state(cfg, tensors, str(where))
     elif not isinstance(own, dict):
         raise SaefwError(f"{where}: architecture={sl_arch!r} is not supported; saefw reads the SAELens "
-                         f"architectures {', '.join(saelens_format.IMPORTED)}")
+                         f"architectures {', '.join(saelens_format.readable_architectures())}")
     if isinstance(own, dict):
         own_name = own.get("architecture")
         if own_name in names("arch"):
             return own_name, own.get("arch_config") or {}, tensors
-        if sl_arch not in saelens_format.IMPORTED:
+        if not readable:
             raise SaefwError(f"{where}: arch={own_name!r} is not registered (its plugin must be in ./plugins or "
                              f"an installed package); registered: {', '.join(names('arch'))}")
         log.warning("%s: arch %r is not registered (is its plugin in ./plugins?); loading it as SAELens's %s, "

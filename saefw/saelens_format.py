@@ -13,6 +13,10 @@ into a saefw arch name, arch config and state dict with identical encode/decode.
 folded exactly into the weights (``apply_b_dec_to_input: false``, topk's ``rescale_acts_by_decoder_norm``) or
 refused with a :class:`SaefwError` naming the option (run-time normalisations, hook_z reshaping).
 
+This module knows SAELens's schema only, never an arch: each arch class carries its own mapping (its
+``saelens_architecture``, ``saelens_reads`` and the ``saelens_*`` hooks of :class:`saefw.arch.base.SAE`), so a new
+SAELens-compatible arch stays one file.
+
 Both sides apply ReLU after the top-k selection and fire a threshold latent only for z > θ (strictly). The one
 difference left is measure-zero: pre-activations exactly tied at the k-th value may be broken differently
 (torch.topk's choice, sorted in saefw and unsorted in SAELens).
@@ -26,6 +30,7 @@ import math
 from torch import Tensor
 
 from saefw.errors import SaefwError
+from saefw.registry import entry, names
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +43,8 @@ WEIGHTS = "sae_weights.safetensors"
 RESERVED_METADATA = ("sae_lens_version", "sae_lens_training_version", "training_architecture",
                      "training_architecture_details", "saefw")
 
-# SAELens architecture -> the saefw arch computing the same inference function
-IMPORTED = {"standard": "l1", "gated": "gated", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "batchtopk"}
-_TENSORS = {
-    "standard": {"W_enc", "W_dec", "b_enc", "b_dec"},
-    "topk": {"W_enc", "W_dec", "b_enc", "b_dec"},
-    "gated": {"W_enc", "W_dec", "b_gate", "r_mag", "b_mag", "b_dec"},
-    "jumprelu": {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"},
-    "batchtopk": {"W_enc", "W_dec", "b_enc", "b_dec", "topk_threshold"},  # SAELens's training save_model
-}
+PRE_6_ARCHITECTURE = "standard"
+"""What a SAELens cfg.json without an ``architecture`` key means (configs written before SAELens 6.0)."""
 
 
 def saelens_architecture(sae) -> str | None:
@@ -57,15 +55,39 @@ def saelens_architecture(sae) -> str | None:
     return vars(type(sae)).get("saelens_architecture")
 
 
+def saelens_reads(cls: type) -> tuple[str, ...]:
+    """The SAELens architectures arch class ``cls`` imports, from its own body (``saelens_reads = ("topk",)``),
+    never inherited, for the same reason as :func:`saelens_architecture`."""
+    return tuple(vars(cls).get("saelens_reads", ()))
+
+
+def _arch_classes() -> dict[str, type]:
+    return {name: entry("arch", name).cls for name in names("arch")}
+
+
+def readable_architectures() -> list[str]:
+    """Every SAELens architecture some registered arch reads, sorted."""
+    return sorted({a for cls in _arch_classes().values() for a in saelens_reads(cls)})
+
+
+def readers(architecture: str, own: str | None = None) -> list[type]:
+    """The registered arch classes that read SAELens ``architecture``, in the order they are asked: the
+    directory's own saefw arch ``own`` first (when it reads it), then by ``saelens_priority`` (highest first) and
+    name."""
+    classes = _arch_classes()
+    found = sorted((name for name, cls in classes.items() if architecture in saelens_reads(cls)),
+                   key=lambda name: (name != own, -classes[name].saelens_priority, name))
+    return [classes[name] for name in found]
+
+
 def export_config(sae, provenance: dict | None = None) -> dict:
     """cfg.json for ``sae`` (already folded to ``input_scale`` = 1) in SAELens 6.x's schema.
 
     ``provenance`` (a source's ``describe()`` plus run facts) goes into ``metadata`` only and can never
     overwrite the SAE's own fields: top-level keys are the SAE's, and a provenance key that names one of
-    SAELens's or saefw's own metadata fields is kept under ``source_<key>`` instead."""
-    from saefw.arch.batchtopk import BatchTopKSAE
-    from saefw.arch.topk import TopKSAE
-
+    SAELens's or saefw's own metadata fields is kept under ``source_<key>`` instead. An arch that declares a
+    SAELens architecture adds its own fields through :meth:`~saefw.arch.base.SAE.saelens_config` and
+    :meth:`~saefw.arch.base.SAE.saelens_metadata`; one that declares none is saved under its plugin name."""
     arch = saelens_architecture(sae)
     metadata: dict = {"sae_lens_version": SCHEMA_VERSION, "sae_lens_training_version": None}
     for key, value in (provenance or {}).items():
@@ -73,19 +95,23 @@ def export_config(sae, provenance: dict | None = None) -> dict:
             log.warning("provenance key %r names one of the SAE's own fields: saved as source_%s", key, key)
             key = f"source_{key}"
         metadata[key] = value
-    if isinstance(sae, BatchTopKSAE) and arch == "jumprelu":
-        # SAELens's own convention for a BatchTopK SAE saved for inference (a JumpReLU with one threshold)
-        metadata["training_architecture"] = "batchtopk"
-        metadata["training_architecture_details"] = {"k": sae.k}
+    if arch is not None:
+        metadata.update(sae.saelens_metadata())
     metadata["saefw"] = {"format": FORMAT, "architecture": sae.plugin_name,
                          "arch_config": dataclasses.asdict(sae.cfg)}
     cfg = {"architecture": arch or sae.plugin_name, "d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": "float32",
            "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none",
            "reshape_activations": "none"}
-    if arch == "topk" and isinstance(sae, TopKSAE):
-        cfg.update(k=sae.k, rescale_acts_by_decoder_norm=False)
+    if arch is not None:
+        cfg.update(sae.saelens_config())
     cfg["metadata"] = metadata
     return cfg
+
+
+def export_tensors(sae, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The weights file of ``sae`` from its state dict (``input_scale`` dropped): in SAELens form, through the
+    arch's :meth:`~saefw.arch.base.SAE.saelens_state`, when the arch declares a SAELens architecture."""
+    return sae.saelens_state(dict(state)) if saelens_architecture(sae) is not None else dict(state)
 
 
 def _refuse(where: str, option: str, value, why: str) -> None:
@@ -106,85 +132,81 @@ def check_options(cfg: dict, where: str) -> None:
     if cfg.get("finetuning_scaling_factor"):
         _refuse(where, "finetuning_scaling_factor", cfg["finetuning_scaling_factor"],
                 "fold the scaling factor into W_dec and save again")
-    act = cfg.get("activation_fn", cfg.get("activation_fn_str"))  # pre-6.0 configs
+    act = activation_of(cfg)
     if act not in (None, "relu", "topk"):
         _refuse(where, "activation_fn", act, "saefw reads ReLU and TopK SAEs")
 
 
 def saelens_arch_of(cfg: dict) -> str:
-    """The SAELens architecture of ``cfg`` (pre-6.0 configs: ``standard`` unless their activation is topk)."""
-    arch = cfg.get("architecture", "standard")
-    if arch == "standard" and cfg.get("activation_fn", cfg.get("activation_fn_str")) == "topk":
-        return "topk"
-    return arch
+    """The SAELens architecture named by ``cfg`` (pre-6.0 configs name none: :data:`PRE_6_ARCHITECTURE`)."""
+    return cfg.get("architecture", PRE_6_ARCHITECTURE)
 
 
-def _k_of(cfg: dict, meta: dict) -> float | None:
+def activation_of(cfg: dict) -> str | None:
+    """The activation function a SAELens cfg.json names (6.x: ``activation_fn``; pre-6.0: ``activation_fn_str``)."""
+    return cfg.get("activation_fn", cfg.get("activation_fn_str"))
+
+
+def k_of(cfg: dict) -> float | None:
+    """The ``k`` of a top-k style SAELens config, wherever its SAELens version put it (top level, the pre-6.0
+    ``activation_fn_kwargs``, or a BatchTopK's ``metadata.training_architecture_details``)."""
     k = cfg.get("k")
     if k is None:
         k = (cfg.get("activation_fn_kwargs") or {}).get("k")
     if k is None:
-        k = (meta.get("training_architecture_details") or {}).get("k")
+        k = ((cfg.get("metadata") or {}).get("training_architecture_details") or {}).get("k")
     return k
 
 
-def _integral(k) -> bool:
+def is_whole(k) -> bool:
+    """Whether ``k`` is a finite whole number (an int, or a float such as 32.0)."""
     return isinstance(k, (int, float)) and not isinstance(k, bool) and math.isfinite(k) and float(k).is_integer()
+
+
+def fold_b_dec_input(cfg: dict, t: dict[str, Tensor], bias: str = "b_enc") -> None:
+    """``apply_b_dec_to_input: false``: SAELens's encoder reads x W_enc + b_enc, saefw's (x − b_dec) W_enc + b_enc,
+    so the encoder bias absorbs the difference in place: ``t[bias]`` ← ``t[bias]`` + b_dec W_enc."""
+    if not cfg.get("apply_b_dec_to_input", True):
+        t[bias] += t["b_dec"] @ t["W_enc"]
+
+
+def fold_decoder_norm_rescale(cfg: dict, t: dict[str, Tensor]) -> None:
+    """``rescale_acts_by_decoder_norm``: SAELens selects on z ⊙ ‖W_dec,i‖ and decodes (f / ‖W_dec,i‖) W_dec; with
+    n_i = ‖W_dec,i‖ that is W_enc,i ← n_i W_enc,i, b_enc,i ← n_i b_enc,i, W_dec,i ← W_dec,i / n_i exactly."""
+    if cfg.get("rescale_acts_by_decoder_norm", False):
+        n = t["W_dec"].norm(dim=-1).clamp_min(1e-8)
+        t["W_enc"] *= n
+        t["b_enc"] *= n
+        t["W_dec"] /= n[:, None]
 
 
 def import_state(cfg: dict, tensors: dict[str, Tensor], where: str) -> tuple[str, dict, dict[str, Tensor]]:
     """(saefw arch name, arch config, state dict) computing what SAELens computes for this directory.
 
-    ``cfg`` is a SAELens 6.x cfg.json (a saefw one included), ``tensors`` its weights file. SAELens's
-    encoder reads ``(x − b_dec·apply_b_dec_to_input) W_enc + b_enc``; saefw's always subtracts b_dec, so with
-    ``apply_b_dec_to_input: false`` the encoder biases absorb it: b_enc ← b_enc + b_dec W_enc (gated: b_gate
-    likewise, b_mag ← b_mag + b_dec (W_enc ⊙ exp(r_mag))). TopK with ``rescale_acts_by_decoder_norm`` selects on
-    z ⊙ ‖W_dec,i‖ and decodes (f / ‖W_dec,i‖) W_dec; with n_i = ‖W_dec,i‖ that is W_enc,i ← n_i W_enc,i,
-    b_enc,i ← n_i b_enc,i, W_dec,i ← W_dec,i / n_i exactly."""
+    ``cfg`` is a SAELens 6.x cfg.json (a saefw one included), ``tensors`` its weights file. The registered archs
+    that read its SAELens architecture (:func:`readers`) are asked in turn: each renames and checks the tensors
+    (:meth:`~saefw.arch.base.SAE.saelens_tensors`, :meth:`~saefw.arch.base.SAE.saelens_tensor_names`), then
+    :meth:`~saefw.arch.base.SAE.from_saelens` folds the SAELens options into them exactly and returns the arch
+    config, or None to leave the directory to the next reader."""
     check_options(cfg, where)
-    meta = cfg.get("metadata") or {}
     arch = saelens_arch_of(cfg)
-    if arch not in IMPORTED:
+    own = ((cfg.get("metadata") or {}).get("saefw") or {}).get("architecture")
+    classes = readers(arch, own if isinstance(own, str) else None)
+    if not classes:
         raise SaefwError(f"{where}: architecture={arch!r} is not supported; saefw reads the SAELens "
-                         f"architectures {', '.join(IMPORTED)}")
-    expected = _TENSORS[arch]
-    if arch == "jumprelu" and "threshold" not in tensors and "log_threshold" in tensors:
-        tensors = {**tensors, "threshold": tensors["log_threshold"].exp()}  # older SAELens checkpoints
-        del tensors["log_threshold"]
-    extra, missing = set(tensors) - expected, expected - set(tensors)
-    if extra or missing:
-        raise SaefwError(f"{where}: a SAELens {arch} SAE has tensors {sorted(expected)}; this file "
-                         + (f"also has {sorted(extra)}" if extra else "") + (" and " if extra and missing else "")
-                         + (f"lacks {sorted(missing)}" if missing else ""))
-    t = {k: v.detach().float().clone() for k, v in tensors.items()}
-
-    if arch in ("topk", "batchtopk") and cfg.get("rescale_acts_by_decoder_norm", False):
-        n = t["W_dec"].norm(dim=-1).clamp_min(1e-8)
-        t["W_enc"] *= n
-        t["b_enc"] *= n
-        t["W_dec"] /= n[:, None]
-    if not cfg.get("apply_b_dec_to_input", True):
-        shift = t["b_dec"] @ t["W_enc"]
-        if arch == "gated":
-            t["b_gate"] += shift
-            t["b_mag"] += t["b_dec"] @ (t["W_enc"] * t["r_mag"].exp())
-        else:
-            t["b_enc"] += shift
-    if arch == "batchtopk":  # a training checkpoint: SAELens infers with its running threshold, as a JumpReLU
-        t["threshold"] = t.pop("topk_threshold").reshape(()).expand(t["b_enc"].shape).clone()
-
-    name, arch_config = IMPORTED[arch], {}
-    k = _k_of(cfg, meta)
-    if arch == "topk":
-        if not _integral(k):
-            raise SaefwError(f"{where}: k={k!r} is not a whole number of latents for a topk SAE")
-        arch_config = {"k": int(k)}
-    elif arch in ("jumprelu", "batchtopk"):
-        # BatchTopK SAEs are saved for inference as JumpReLU SAEs with one shared threshold
-        batchtopk = arch == "batchtopk" or meta.get("training_architecture") == "batchtopk"
-        th = t["threshold"]
-        if batchtopk and _integral(k) and 1 <= k <= cfg["d_sae"] and bool((th == th[0]).all()):
-            name, arch_config = "batchtopk", {"k": int(k)}
-        else:
-            name = "jumprelu"
-    return name, arch_config, t
+                         f"architectures {', '.join(readable_architectures())}")
+    for cls in classes:
+        named = cls.saelens_tensors(arch, tensors)
+        expected = cls.saelens_tensor_names(arch)
+        extra, missing = set(named) - expected, expected - set(named)
+        if extra or missing:
+            raise SaefwError(f"{where}: a SAELens {arch} SAE has tensors {sorted(expected)}; this file "
+                             + (f"also has {sorted(extra)}" if extra else "")
+                             + (" and " if extra and missing else "")
+                             + (f"lacks {sorted(missing)}" if missing else ""))
+        t = {k: v.detach().float().clone() for k, v in named.items()}
+        arch_config = cls.from_saelens(arch, cfg, t, where)
+        if arch_config is not None:
+            return cls.plugin_name, arch_config, t
+    raise SaefwError(f"{where}: no registered arch reads this SAELens {arch} SAE (asked: "
+                     f"{', '.join(cls.plugin_name for cls in classes)})")

@@ -189,7 +189,7 @@ def test_unregistered_plugin_arch_falls_back_to_its_saelens_equivalent(tmp_path,
     ("normalize_activations", "expected_average_only_in", "fold the normalisation into the weights"),
     ("reshape_activations", "hook_z", "reshape_activations='hook_z' is not supported"),
     ("architecture", "transcoder", "architecture='transcoder' is not supported; saefw reads the SAELens "
-                                   "architectures standard, gated, topk, jumprelu, batchtopk"),
+                                   "architectures batchtopk, gated, jumprelu, standard, topk"),
 ])
 def test_options_saefw_cannot_reproduce_are_refused(tmp_path, key, value, message):
     _saelens_inference(StandardSAEConfig).save_model(tmp_path)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from saefw.arch.ops import SparseLatents, encoder_pre_acts, sparse_decode
+from saefw.saelens_format import fold_b_dec_input
 
 
 @dataclass
@@ -56,10 +57,20 @@ class LossOutput:
 class SAE(nn.Module):
     """Base class: ``f = encode(x)``, ``x̂ = decode(f)``, ``loss(x_scaled, penalty, coefficient)``.
 
-    An arch whose inference is exactly one of SAELens's architectures says so in its own class body, e.g.
-    ``saelens_architecture = "topk"``; its saved directories then load in SAELens. The declaration is read from
-    that class only, never inherited (:func:`saefw.saelens_format.saelens_architecture`): a subclass that
-    changes encode/decode must not claim its parent's SAELens equivalent."""
+    An arch carries its own SAELens mapping, so :mod:`saefw.saelens_format` never names an arch:
+
+    * ``saelens_architecture = "topk"`` in the class body: the SAELens architecture that computes exactly what this
+      class computes at inference; its saved directories then load in SAELens. Read from that class only, never
+      inherited (:func:`saefw.saelens_format.saelens_architecture`): a subclass that changes encode/decode must
+      not claim its parent's SAELens equivalent. Export then calls :meth:`saelens_config`,
+      :meth:`saelens_metadata` and :meth:`saelens_state`.
+    * ``saelens_reads = ("topk",)`` in the class body: the SAELens architectures this class imports, likewise
+      never inherited; :meth:`saelens_tensors`, :meth:`saelens_tensor_names` and :meth:`from_saelens` read them.
+      ``saelens_priority`` orders the archs reading one architecture (highest asked first; a directory saved by
+      an arch is offered to that arch first), and an arch declines a directory by returning None.
+
+    The hooks are inherited: a subclass that declares a different SAELens architecture overrides them.
+    """
 
     plugin_name = "?"
     # the L0 this arch aims at when the run sets no target_l0 (its k, for the top-k archs); see each arch
@@ -67,6 +78,7 @@ class SAE(nn.Module):
     default_penalty = "l1_decoder_norm"
     allowed_penalties: tuple[str, ...] = ("l1", "l1_decoder_norm", "tanh")
     unit_norm_decoder = False
+    saelens_priority = 0
 
     def __init__(self, cfg, d_in: int, d_sae: int):
         super().__init__()
@@ -180,6 +192,43 @@ class SAE(nn.Module):
 
     def saved_tensors(self) -> dict[str, Tensor]:
         return {k: v.detach() for k, v in self.state_dict().items()}
+
+    # --- the SAELens mapping (see the class docstring; called by saefw.saelens_format) ---
+    def saelens_config(self) -> dict:
+        """Fields this SAE adds to the top level of its SAELens cfg.json (e.g. topk's ``k``). Default: none."""
+        return {}
+
+    def saelens_metadata(self) -> dict:
+        """Fields this SAE adds to its cfg.json's ``metadata`` block, which SAELens keeps when it re-saves the
+        SAE (e.g. BatchTopK's ``training_architecture``). Default: none."""
+        return {}
+
+    def saelens_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The weights file in SAELens form from this SAE's state dict (``input_scale`` already folded and
+        dropped): rename, fold or drop the tensors SAELens does not have. Default: the state dict as it is."""
+        return state
+
+    @classmethod
+    def saelens_tensors(cls, architecture: str, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A SAELens ``architecture`` weights file with tensors renamed to the names this class reads (e.g. an
+        older checkpoint's ``log_threshold`` as ``threshold``). Default: as it is."""
+        return tensors
+
+    @classmethod
+    def saelens_tensor_names(cls, architecture: str) -> set[str]:
+        """The tensors a SAELens ``architecture`` weights file must hold, after :meth:`saelens_tensors`; any
+        other set is refused naming what is extra and what is missing. Default: SAELens's standard four."""
+        return {"W_enc", "W_dec", "b_enc", "b_dec"}
+
+    @classmethod
+    def from_saelens(cls, architecture: str, cfg: dict, t: dict[str, Tensor], where: str) -> dict | None:
+        """This class's arch config for a SAELens ``architecture`` directory (``cfg`` its cfg.json), folding
+        SAELens's options into the float tensors ``t`` in place so that this class computes what SAELens does;
+        None declines the directory (the next reader is asked). Raises :class:`~saefw.errors.SaefwError`
+        (prefixed with ``where``) for a value it cannot reproduce. Default: ``apply_b_dec_to_input`` folded into
+        b_enc, no options."""
+        fold_b_dec_input(cfg, t)
+        return {}
 
 
 @torch.no_grad()

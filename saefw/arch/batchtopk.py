@@ -1,25 +1,30 @@
 """BatchTopK SAE (Bussmann et al. 2024): TopK over the whole batch in training, a fixed threshold at inference."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from saefw.arch.jumprelu import threshold_tensors
 from saefw.arch.ops import SparseLatents
 from saefw.arch.topk import TopKSAE
 from saefw.errors import SaefwError
 from saefw.registry import register
+from saefw.saelens_format import fold_b_dec_input, fold_decoder_norm_rescale, is_whole, k_of
 
 
 @dataclass
 class BatchTopKConfig:
-    k: int | None = None  # mean latents kept per token (k·B per batch of B tokens); null: the run's target L0
-    k_aux: int | None = None  # dead latents the AuxK loss may use; None -> d_in // 2 (Gao et al.)
-    aux_coefficient: float = 1 / 32  # α
-    # weight of the newest batch in the training-time threshold estimate once past 1/threshold_ema steps
-    # (before that it is the plain running mean, so early batches are not swamped by an arbitrary start value)
-    threshold_ema: float = 0.01
+    k: int | None = field(default=None, metadata={"help": (
+        "mean latents kept per token (k·B per batch of B tokens); null: the run's target_l0")})
+    k_aux: int | None = field(default=None, metadata={"help": (
+        "dead latents the AuxK loss may use; null: d_in // 2 (Gao et al.)")})
+    aux_coefficient: float = field(default=1 / 32, metadata={"help": "α, the AuxK loss's weight (Gao et al.: 1/32)"})
+    # before 1/threshold_ema steps the estimate is the plain running mean, so early batches are not swamped by an
+    # arbitrary start value
+    threshold_ema: float = field(default=0.01, metadata={"help": (
+        "weight of the newest batch in the training-time threshold estimate once past 1/threshold_ema steps")})
 
 
 @register("arch", "batchtopk", BatchTopKConfig)
@@ -39,6 +44,10 @@ class BatchTopKSAE(TopKSAE):
     Decoder rows are held at unit norm; W_enc is initialised as W_decᵀ (all as in TopKSAE, whose loss it uses)."""
 
     saelens_architecture = "jumprelu"  # at inference: a JumpReLU with one shared threshold
+    # SAELens's training save_model ("batchtopk", topk_threshold) and its inference save (a JumpReLU marked
+    # training_architecture batchtopk); asked before jumprelu, which takes any JumpReLU this declines
+    saelens_reads = ("batchtopk", "jumprelu")
+    saelens_priority = 1
 
     def __init__(self, cfg: BatchTopKConfig, d_in: int, d_sae: int):
         if not 0 < cfg.threshold_ema <= 1:
@@ -49,6 +58,38 @@ class BatchTopKSAE(TopKSAE):
         # batches averaged into θ so far (not saved: only steers the running mean); a tensor on θ's device, so
         # counting needs no host synchronisation
         self._threshold_updates = torch.zeros((), dtype=torch.long)
+
+    def saelens_config(self) -> dict:
+        return {}  # a JumpReLU has no k: it rides in the metadata
+
+    def saelens_metadata(self) -> dict:
+        # SAELens's own convention for a BatchTopK SAE saved for inference (a JumpReLU with one threshold)
+        return {"training_architecture": "batchtopk", "training_architecture_details": {"k": self.k}}
+
+    @classmethod
+    def saelens_tensors(cls, architecture, tensors):
+        return threshold_tensors(tensors) if architecture == "jumprelu" else tensors
+
+    @classmethod
+    def saelens_tensor_names(cls, architecture: str) -> set[str]:
+        return {"W_enc", "W_dec", "b_enc", "b_dec", "topk_threshold" if architecture == "batchtopk" else "threshold"}
+
+    @classmethod
+    def from_saelens(cls, architecture, cfg, t, where):
+        """``{"k": k}`` for SAELens's BatchTopK saves; a JumpReLU is one only when its metadata says so, its k is
+        a whole number of latents and its thresholds are all equal (else None: it is a plain JumpReLU)."""
+        meta = cfg.get("metadata") or {}
+        if architecture != "batchtopk" and meta.get("training_architecture") != "batchtopk":
+            return None
+        if architecture == "batchtopk":  # a training checkpoint: rescaled like topk, one running threshold
+            fold_decoder_norm_rescale(cfg, t)
+        fold_b_dec_input(cfg, t)
+        if architecture == "batchtopk":
+            t["threshold"] = t.pop("topk_threshold").reshape(()).expand(t["b_enc"].shape).clone()
+        k, th = k_of(cfg), t["threshold"]
+        if not (is_whole(k) and 1 <= k <= cfg["d_sae"] and bool((th == th[0]).all())):
+            return None
+        return {"k": int(k)}
 
     @property
     def threshold_updates(self) -> int:

@@ -1,7 +1,7 @@
 """Gated SAE (Rajamanoharan et al. 2024): a gate decides which latents fire, a separate path sets how much."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -9,12 +9,15 @@ from torch import Tensor, nn
 from saefw.arch.base import SAE, SparsityInput, TrainOutput
 from saefw.arch.ops import encoder_pre_acts
 from saefw.registry import register
+from saefw.saelens_format import fold_b_dec_input
 
 
 @dataclass
 class GatedConfig:
-    unit_norm_decoder: bool = False  # forced on when the penalty ignores decoder norms (penalty=l1)
-    init_decoder_norm: float = 0.1  # as l1: small decoder rows at init
+    unit_norm_decoder: bool = field(default=False, metadata={"help": (
+        "hold decoder rows at unit norm; forced on when the penalty ignores decoder norms (penalty=l1)")})
+    init_decoder_norm: float = field(default=0.1, metadata={"help": (
+        "norm of the decoder rows at init (small, as l1's); W_gate = W_dec^T")})
 
 
 @register("arch", "gated", GatedConfig)
@@ -29,6 +32,7 @@ class GatedSAE(SAE):
     Saved tensors (SAELens): W_enc, b_gate, r_mag, b_mag, W_dec, b_dec — no b_enc."""
 
     saelens_architecture = "gated"
+    saelens_reads = ("gated",)
 
     default_penalty = "l1_decoder_norm"
     allowed_penalties = ("l1", "l1_decoder_norm", "tanh")
@@ -40,6 +44,19 @@ class GatedSAE(SAE):
         self.b_gate = nn.Parameter(torch.zeros(d_sae))
         self.r_mag = nn.Parameter(torch.zeros(d_sae))
         self.b_mag = nn.Parameter(torch.zeros(d_sae))
+
+    @classmethod
+    def saelens_tensor_names(cls, architecture: str) -> set[str]:
+        return {"W_enc", "W_dec", "b_gate", "r_mag", "b_mag", "b_dec"}
+
+    @classmethod
+    def from_saelens(cls, architecture, cfg, t, where):
+        """``apply_b_dec_to_input: false`` folded into both paths: b_gate ← b_gate + b_dec W_enc and
+        b_mag ← b_mag + b_dec (W_enc ⊙ exp(r_mag))."""
+        if not cfg.get("apply_b_dec_to_input", True):
+            t["b_mag"] += t["b_dec"] @ (t["W_enc"] * t["r_mag"].exp())
+        fold_b_dec_input(cfg, t, bias="b_gate")
+        return {}
 
     def _pre_acts(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(π, magnitude pre-activations) from one shared matmul h = (x − b_dec) W_enc:  π = h + b_gate and

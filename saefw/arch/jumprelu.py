@@ -3,7 +3,7 @@ straight-through pseudo-gradients and a direct L0 penalty."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -75,12 +75,16 @@ class JumpReLUConfig:
     # multiplies both by √d_in because this framework scales activations so E‖x‖ = √d_in. The paper uses 0.001
     # for both over 100k+ steps; 10x larger (0.24 at d_in = 576) lets thresholds reach useful values within the
     # few hundred steps of a CPU run (SmolLM2 layer 6, 300k tokens: L0 80, EV 0.91; synthetic: mmcs ≥ 0.95).
-    bandwidth: float = 0.01
-    init_threshold: float = 0.01
-    init_decoder_norm: float = 0.1  # as l1: small decoder rows at init, W_enc = W_decᵀ
+    bandwidth: float = field(default=0.01, metadata={"help": (
+        "ε, the width of the straight-through kernel, in unit-norm units (times √d_in here; the paper: 0.001)")})
+    init_threshold: float = field(default=0.01, metadata={"help": (
+        "every latent's threshold θ at init, in unit-norm units (times √d_in here; the paper: 0.001)")})
+    init_decoder_norm: float = field(default=0.1, metadata={"help": (
+        "norm of the decoder rows at init (small, as l1's); W_enc = W_dec^T")})
     # Adam moves log θ by about lr per step, so at lr 1e-3 θ can grow at most e^0.3 ≈ 1.35x in 300 steps: far
-    # too slow for runs of hundreds (not the paper's 100k+) of steps. θ gets lr × this factor.
-    threshold_lr_scale: float = 20.0
+    # too slow for runs of hundreds (not the paper's 100k+) of steps.
+    threshold_lr_scale: float = field(default=20.0, metadata={"help": (
+        "the thresholds' learning rate is train.lr times this")})
 
 
 def _save_threshold(module, state_dict, prefix, local_metadata):
@@ -92,6 +96,14 @@ def _load_threshold(module, state_dict, prefix, local_metadata, strict, missing_
     if prefix + "threshold" in state_dict:
         th = state_dict.pop(prefix + "threshold").float()
         state_dict[prefix + "log_threshold"] = th.clamp_min(torch.finfo(torch.float32).tiny).log()
+
+
+def threshold_tensors(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A SAELens JumpReLU weights file with an older checkpoint's ``log_threshold`` read as ``threshold``."""
+    if "threshold" not in tensors and "log_threshold" in tensors:
+        tensors = {**tensors, "threshold": tensors["log_threshold"].exp()}
+        del tensors["log_threshold"]
+    return tensors
 
 
 @register("arch", "jumprelu", JumpReLUConfig)
@@ -108,6 +120,7 @@ class JumpReLUSAE(SAE):
     Saved tensors: W_enc, W_dec, b_enc, b_dec and ``threshold`` (= θ, SAELens name)."""
 
     saelens_architecture = "jumprelu"
+    saelens_reads = ("jumprelu",)
 
     default_penalty = "l0"
     allowed_penalties = ("l0", "tanh", "l1_decoder_norm")
@@ -121,6 +134,14 @@ class JumpReLUSAE(SAE):
         self.log_threshold = nn.Parameter(torch.full((d_sae,), math.log(cfg.init_threshold * unit)))
         self.register_state_dict_post_hook(_save_threshold)
         self.register_load_state_dict_pre_hook(_load_threshold)
+
+    @classmethod
+    def saelens_tensors(cls, architecture, tensors):
+        return threshold_tensors(tensors)
+
+    @classmethod
+    def saelens_tensor_names(cls, architecture: str) -> set[str]:
+        return {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"}
 
     def _apply(self, fn, recurse=True):
         # keep θ in fp32 under .half()/.to(bfloat16): a bf16 θ has 3 significant digits, coarser than ε

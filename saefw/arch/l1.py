@@ -1,7 +1,7 @@
 """Standard ReLU SAE trained with an L1-type penalty."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor
 
@@ -12,8 +12,10 @@ from saefw.registry import register
 
 @dataclass
 class L1Config:
-    unit_norm_decoder: bool = False  # forced on when the penalty ignores decoder norms (penalty=l1)
-    init_decoder_norm: float = 0.1  # Anthropic's April-2024 update: small decoder rows at init
+    unit_norm_decoder: bool = field(default=False, metadata={"help": (
+        "hold decoder rows at unit norm; forced on when the penalty ignores decoder norms (penalty=l1)")})
+    init_decoder_norm: float = field(default=0.1, metadata={"help": (
+        "norm of the decoder rows at init (small, after Anthropic's April-2024 update); W_enc = W_dec^T")})
 
 
 @register("arch", "l1", L1Config)
@@ -29,6 +31,7 @@ class L1SAE(SAE):
     default_target_l0 = 128
 
     saelens_architecture = "standard"
+    saelens_reads = ("standard",)  # with the default hooks: b_enc absorbs apply_b_dec_to_input=false
 
     def __init__(self, cfg: L1Config, d_in: int, d_sae: int):
         super().__init__(cfg, d_in, d_sae)

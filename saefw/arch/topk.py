@@ -1,7 +1,7 @@
 """TopK SAE (Gao et al. 2024): sparsity set directly by keeping the k largest latents, no penalty needed."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -10,13 +10,16 @@ from saefw.arch.base import SAE, SparsityInput, TrainOutput, auxk_entries, auxk_
 from saefw.arch.ops import SparseLatents, gather_pre_acts, row_entries, sparse_decode
 from saefw.errors import SaefwError
 from saefw.registry import register
+from saefw.saelens_format import activation_of, fold_b_dec_input, fold_decoder_norm_rescale, is_whole, k_of
 
 
 @dataclass
 class TopKConfig:
-    k: int | None = None  # latents kept per token; null: the run's target L0 (see saefw/run.py sparsity_target)
-    k_aux: int | None = None  # dead latents the AuxK loss may use; None -> d_in // 2 (Gao et al.)
-    aux_coefficient: float = 1 / 32  # α
+    k: int | None = field(default=None, metadata={"help": (
+        "latents kept per token; null: the run's target_l0 (see saefw/run.py sparsity_target)")})
+    k_aux: int | None = field(default=None, metadata={"help": (
+        "dead latents the AuxK loss may use; null: d_in // 2 (Gao et al.)")})
+    aux_coefficient: float = field(default=1 / 32, metadata={"help": "α, the AuxK loss's weight (Gao et al.: 1/32)"})
 
 
 def resolve_k(arch: str, k, k_aux, d_in: int, d_sae: int) -> tuple[int, int]:
@@ -49,6 +52,9 @@ class TopKSAE(SAE):
     Decoder rows are held at unit norm; W_enc is initialised as W_decᵀ. ``k`` is saved in the config."""
 
     saelens_architecture = "topk"
+    # SAELens before 6.0 wrote a TopK SAE as "standard" with activation_fn topk: asked before l1, declined otherwise
+    saelens_reads = ("topk", "standard")
+    saelens_priority = 1
 
     default_penalty = "none"
     allowed_penalties = ("none",)
@@ -58,6 +64,22 @@ class TopKSAE(SAE):
         super().__init__(cfg, d_in, d_sae)
         self.k, self.k_aux = resolve_k(self.plugin_name, cfg.k, cfg.k_aux, d_in, d_sae)
         self.init_tied_weights(1.0)
+
+    def saelens_config(self) -> dict:
+        return {"k": self.k, "rescale_acts_by_decoder_norm": False}
+
+    @classmethod
+    def from_saelens(cls, architecture, cfg, t, where):
+        """``{"k": k}``; ``rescale_acts_by_decoder_norm`` and ``apply_b_dec_to_input: false`` folded exactly into
+        the weights. A pre-6.0 ``standard`` config is read only when its activation is topk."""
+        if architecture != "topk" and activation_of(cfg) != "topk":
+            return None
+        fold_decoder_norm_rescale(cfg, t)
+        fold_b_dec_input(cfg, t)
+        k = k_of(cfg)
+        if not is_whole(k):
+            raise SaefwError(f"{where}: k={k!r} is not a whole number of latents for a topk SAE")
+        return {"k": int(k)}
 
     def topk_acts(self, z: Tensor) -> Tensor:
         # ReLU after selection, so a token whose k-th largest z is negative fires fewer than k latents

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -10,8 +10,10 @@ from saefw.registry import register
 
 @dataclass
 class DeadFeaturesConfig:
-    density_floor: float = 1e-7  # log10 of a never-firing latent is drawn at this density
-    dense_threshold: float = 0.1  # a latent firing on more than this fraction of tokens is dense
+    density_floor: float = field(default=1e-7, metadata={"help": (
+        "a never-firing latent is drawn at this density in the log10 histogram")})
+    dense_threshold: float = field(default=0.1, metadata={"help": (
+        "a latent firing on more than this fraction of tokens is dense")})
 
 
 @register("evaluator", "dead_features", DeadFeaturesConfig)

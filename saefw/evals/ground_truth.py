@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -11,7 +11,8 @@ from saefw.registry import register
 
 @dataclass
 class GroundTruthConfig:
-    threshold: float = 0.9  # a true feature counts as recovered when some decoder row has cosine ≥ this
+    threshold: float = field(default=0.9, metadata={"help": (
+        "a true feature counts as recovered when some decoder row has cosine ≥ this")})
 
 
 @register("evaluator", "ground_truth", GroundTruthConfig)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -14,17 +14,19 @@ from saefw.registry import register
 
 @dataclass
 class LossRecoveredConfig:
-    batch_contexts: int = 8  # contexts per full-model forward
-    max_contexts: int | None = None  # None: every held-out context of the source
-    # periodic evaluations during training score only this many contexts: each costs a full-model forward per
-    # batch, and on a CPU that would otherwise dominate a short run (the final evaluation uses max_contexts)
-    contexts_during_training: int = 8
-    # what an evaluation needs of the clean model is cached (once per held-out split) up to this size, so an
-    # evaluation pays one full-model forward instead of two; above it the clean forward is rerun each time
-    clean_cache_mb: int = 1024
-    # start every forward at the hook from the held-out split's stored residual stream, running only the blocks
-    # after it (the same numbers: tests/evals/test_loss_recovered.py); false runs each from the embeddings
-    from_hook: bool = True
+    batch_contexts: int = field(default=8, metadata={"help": "contexts per model forward"})
+    max_contexts: int | None = field(default=None, metadata={"help": "null: every held-out context of the source"})
+    # each costs a model forward per batch, and on a CPU that would otherwise dominate a short run
+    contexts_during_training: int = field(default=8, metadata={"help": (
+        "contexts scored by the periodic evaluations during training (the final one uses max_contexts)")})
+    # so an evaluation pays one model forward instead of two
+    clean_cache_mb: int = field(default=1024, metadata={"help": (
+        "what an evaluation needs of the clean model is cached (once per held-out split) up to this size; above "
+        "it the clean forward is rerun each time")})
+    # the same numbers as from the embeddings: tests/evals/test_loss_recovered.py
+    from_hook: bool = field(default=True, metadata={"help": (
+        "start every forward at the hook from the held-out split's stored residual stream, running only the "
+        "blocks after it; false: each from the embeddings")})
 
 
 @register("evaluator", "loss_recovered", LossRecoveredConfig)

@@ -6,7 +6,7 @@ Generation is greedy unless ``temperature`` > 0 (then sampled with a generator s
 gives the same answers); the model's own generation defaults are not applied."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -17,12 +17,14 @@ from saefw.registry import register
 
 @dataclass
 class LocalConfig:
-    model: str = "smollm2-135m"  # embedded alias, local chat model directory, or a cached hub id
-    device: str = "auto"
-    dtype: str = "float32"  # float32 | bfloat16 | float16 (keep float32 on CPU)
-    temperature: float = 0.0  # 0: greedy
-    max_prompt_tokens: int = 4096  # longer prompts are refused with an error (the model would degrade anyway)
-    seed: int = 0
+    model: str = field(default="smollm2-135m", metadata={"help": (
+        "embedded alias, local chat model directory, or a cached hub id")})
+    device: str = field(default="auto", metadata={"help": "auto: the GPU when CUDA is available, else cpu"})
+    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16 (keep float32 on CPU)"})
+    temperature: float = field(default=0.0, metadata={"help": "sampling temperature; 0: greedy"})
+    max_prompt_tokens: int = field(default=4096, metadata={"help": (
+        "longer prompts are refused with an error (the model would degrade anyway)")})
+    seed: int = field(default=0, metadata={"help": "the sampling seed"})
 
 
 @register("explainer", "local", LocalConfig)

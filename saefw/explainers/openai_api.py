@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from saefw.errors import SaefwError
 from saefw.explainers.base import ChatModel, ChatReply, Messages
@@ -20,15 +20,19 @@ from saefw.registry import register
 
 @dataclass
 class OpenAIConfig:
-    model: str = "gpt-4o-mini"
-    base_url: str | None = None  # default: the client's (OPENAI_BASE_URL, else https://api.openai.com/v1)
-    api_key_env: str | None = "OPENAI_API_KEY"  # the variable holding the key; null: a server that needs none
-    timeout: float = 60.0  # seconds per request (and for the connection check)
-    max_retries: int = 2
-    concurrency: int = 4  # requests in flight at once
-    temperature: float = 0.0
-    price_input_per_mtok: float | None = None  # USD per million prompt tokens (for the cost count; null: unknown)
-    price_output_per_mtok: float | None = None  # USD per million completion tokens
+    model: str = field(default="gpt-4o-mini", metadata={"help": "the chat model the server serves"})
+    base_url: str | None = field(default=None, metadata={"help": (
+        "null: the client's (OPENAI_BASE_URL, else https://api.openai.com/v1)")})
+    api_key_env: str | None = field(default="OPENAI_API_KEY", metadata={"help": (
+        "the environment variable holding the key; null: a server that needs none")})
+    timeout: float = field(default=60.0, metadata={"help": "seconds per request (and for the connection check)"})
+    max_retries: int = field(default=2, metadata={"help": "retries of a failed request"})
+    concurrency: int = field(default=4, metadata={"help": "requests in flight at once"})
+    temperature: float = field(default=0.0, metadata={"help": "sampling temperature; 0: the most likely reply"})
+    price_input_per_mtok: float | None = field(default=None, metadata={"help": (
+        "USD per million prompt tokens (for the cost count; null: unknown)")})
+    price_output_per_mtok: float | None = field(default=None, metadata={"help": (
+        "USD per million completion tokens (null: unknown)")})
 
 
 @register("explainer", "openai", OpenAIConfig)

@@ -1,7 +1,7 @@
 """The sparsity-penalty interface: a callable from ``SparsityInput`` to a scalar (mean over tokens)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor
 
@@ -13,7 +13,8 @@ class PenaltyConfig:
     """``coefficient`` is λ where training starts; the :class:`~saefw.sparsity.SparsityController` owns it from
     there (warmup, adaptation towards the run's ``target_l0``, freeze)."""
 
-    coefficient: float = 5.0
+    coefficient: float = field(default=5.0, metadata={"help": (
+        "λ where training starts (then adapted towards target_l0 unless sparsity.adapt=false)")})
 
 
 class Penalty:

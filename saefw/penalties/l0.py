@@ -1,7 +1,7 @@
 """L0 penalty for threshold architectures (JumpReLU, Rajamanoharan et al. 2024)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from saefw.errors import SaefwError
 from saefw.penalties.base import Penalty, PenaltyConfig
@@ -10,8 +10,9 @@ from saefw.registry import register
 
 @dataclass
 class L0PenaltyConfig(PenaltyConfig):
-    # λ per active latent, against ‖x − x̂‖² of activations scaled to E‖x‖² ≈ d_in (SmolLM2 layer 6: L0 ≈ 80)
-    coefficient: float = 0.5
+    # SmolLM2 layer 6: L0 ≈ 80
+    coefficient: float = field(default=0.5, metadata={"help": (
+        "λ per active latent where training starts, against ‖x − x̂‖² of activations scaled to E‖x‖² ≈ d_in")})
 
 
 @register("penalty", "l0", L0PenaltyConfig)

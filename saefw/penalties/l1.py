@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from saefw.penalties.base import Penalty, PenaltyConfig
 from saefw.registry import register
@@ -9,7 +9,8 @@ from saefw.registry import register
 @dataclass
 class L1PenaltyConfig(PenaltyConfig):
     # tuned on SmolLM2 layer 6 with 300k tokens: λ = 5 left L0 ≈ 200, λ = 10 gives L0 ≈ 55 at EV ≈ 0.70
-    coefficient: float = 10.0
+    coefficient: float = field(default=10.0, metadata={"help": (
+        "λ where training starts (then adapted towards target_l0 unless sparsity.adapt=false)")})
 
 
 @register("penalty", "l1", L1PenaltyConfig)

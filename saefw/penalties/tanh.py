@@ -1,7 +1,7 @@
 """Tanh penalty (Anthropic, "Circuits Updates", Feb 2025 / Jermyn et al.): a saturating, L0-like surrogate."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -11,9 +11,10 @@ from saefw.registry import register
 
 @dataclass
 class TanhPenaltyConfig(PenaltyConfig):
-    # c in tanh(c·f_i‖W_dec,i‖): 1/c is the decoder-norm-weighted activation at which a latent's cost is ~76%
-    # saturated. Larger c → closer to L0 (every firing costs ≈ 1); smaller c → closer to L1 (c·Σ f_i‖W_dec,i‖).
-    sharpness: float = 1.0
+    # larger c → closer to L0 (every firing costs ≈ 1); smaller c → closer to L1 (c·Σ f_i‖W_dec,i‖)
+    sharpness: float = field(default=1.0, metadata={"help": (
+        "c in tanh(c·f_i‖W_dec,i‖): 1/c is the decoder-norm-weighted activation at which a latent's cost is "
+        "~76% saturated")})
 
 
 @register("penalty", "tanh", TanhPenaltyConfig)

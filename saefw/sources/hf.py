@@ -8,7 +8,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,28 +35,41 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class HFSourceConfig:
-    model: str = II("model")  # the top-level `model`, `layer`, `site` keys flow here (layer=25 keeps working)
-    layer: int = II("layer")
-    site: str = II("site")
-    corpus: str = "factbook"  # embedded name, a .txt/.jsonl(.gz)/.parquet file or folder, or hf:<dataset>
-    corpus_text_field: str = "text"
-    corpus_split: str = "train"  # Hugging Face datasets: which split to read
-    corpus_config: str | None = None  # Hugging Face datasets: config name
-    context_size: int = 128
-    forward_batch_size: int = 16  # contexts per model forward
-    buffer_tokens: int = 131072  # shuffle buffer: each batch mixes tokens from many contexts and shards
-    # held-out contexts scored by the evaluators (documents never used for training). 128 contexts × 127
-    # tokens put the standard error of ce_loss_recovered near 0.005 on SmolLM2 (see the README).
-    eval_contexts: int = 128
-    eval_doc_fraction: float = 0.05  # documents (by a hash of their text) held out from training
-    device: str = "auto"  # auto → this rank's GPU when CUDA is available (cuda:<local rank>), else cpu
-    dtype: str = "float32"  # the model's dtype
-    local_files_only: bool = True  # no network at run time; a hub cache or local dir still works
-    trust_remote_code: bool = False  # run a hub model's own Python code (only for checkpoints you trust)
-    store: bool = True  # harvest once into the activation store and share it (false: harvest live every run)
-    store_dtype: str = "float32"  # float32 | bfloat16 | float16 (half the disk and reading time)
-    store_dir: str | None = None  # default: $SAEFW_CACHE/stores (~/.cache/saefw/stores)
-    shard_contexts: int = 256  # contexts per store shard (256 × 127 tokens × 576 × 4 B ≈ 75 MB)
+    # the top-level `model`, `layer`, `site` keys flow here, so `layer=25` keeps working
+    model: str = field(default=II("model"), metadata={"help": (
+        "an embedded alias, a local checkpoint dir or a hub id in the HF cache (default: the top-level model)")})
+    layer: int = field(default=II("layer"), metadata={"help": "the hooked block (default: the top-level layer)"})
+    site: str = field(default=II("site"), metadata={"help": (
+        "resid_pre | resid_post | mlp_out | attn_out (default: the top-level site)")})
+    corpus: str = field(default="factbook", metadata={"help": (
+        "embedded name, a .txt/.jsonl(.gz)/.parquet file or folder, or hf:<dataset>")})
+    corpus_text_field: str = field(default="text", metadata={"help": "the field holding each document's text"})
+    corpus_split: str = field(default="train", metadata={"help": "Hugging Face datasets: which split to read"})
+    corpus_config: str | None = field(default=None, metadata={"help": "Hugging Face datasets: config name"})
+    context_size: int = field(default=128, metadata={"help": "tokens per context, BOS included (never served)"})
+    forward_batch_size: int = field(default=16, metadata={"help": "contexts per model forward"})
+    buffer_tokens: int = field(default=131072, metadata={"help": (
+        "shuffle buffer: each batch mixes tokens from many contexts and shards")})
+    # 128 contexts × 127 tokens put the standard error of ce_loss_recovered near 0.005 on SmolLM2 (see the README)
+    eval_contexts: int = field(default=128, metadata={"help": (
+        "held-out contexts scored by the evaluators (documents never used for training)")})
+    eval_doc_fraction: float = field(default=0.05, metadata={"help": (
+        "documents (by a hash of their text) held out from training")})
+    device: str = field(default="auto", metadata={"help": (
+        "auto: this rank's GPU when CUDA is available (cuda:<local rank>), else cpu")})
+    dtype: str = field(default="float32", metadata={"help": "the model's dtype"})
+    local_files_only: bool = field(default=True, metadata={"help": (
+        "no network at run time; a hub cache or local dir still works")})
+    trust_remote_code: bool = field(default=False, metadata={"help": (
+        "run a hub model's own Python code (only for checkpoints you trust)")})
+    store: bool = field(default=True, metadata={"help": (
+        "harvest once into the activation store and share it (false: harvest live every run)")})
+    store_dtype: str = field(default="float32", metadata={"help": (
+        "float32 | bfloat16 | float16 (half the disk and reading time)")})
+    store_dir: str | None = field(default=None, metadata={"help": (
+        "the activation store's folder; null: $SAEFW_CACHE/stores (~/.cache/saefw/stores)")})
+    shard_contexts: int = field(default=256, metadata={"help": (
+        "contexts per store shard (256 × 127 tokens × 576 × 4 B ≈ 75 MB)")})
 
 
 @register("source", "hf", HFSourceConfig)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -20,17 +20,23 @@ _TRAIN, _EVAL, _FEATURES = 0, 1, 2
 
 @dataclass
 class SyntheticSourceConfig:
-    d: int = 64  # activation dimension d_in
-    n_features: int = 256  # true features (n_features > d: features in superposition)
-    target_l0: float = 5.0  # expected number of active true features per token
-    zipf_exponent: float = 0.5  # p_i ∝ (i+1)^-zipf_exponent; 0 = every feature equally frequent
-    magnitude_mean: float = 1.0  # magnitudes a_i = |N(magnitude_mean, magnitude_std)|
-    magnitude_std: float = 0.2
-    noise_std: float = 0.0  # isotropic Gaussian noise added to every coordinate
-    correlation: float = 0.0  # in [0, 1): copula correlation between features of one group; 0 = independent
-    correlation_groups: int = 16  # features are split at random into this many correlated groups
-    eval_tokens: int = 16384  # held-out tokens (a fixed set, identical across runs and seeds)
-    feature_seed: int = 0  # fixes the directions, groups and held-out set; the run seed only drives training data
+    d: int = field(default=64, metadata={"help": "activation dimension d_in"})
+    n_features: int = field(default=256, metadata={"help": "true features (n_features > d: features in superposition)"})
+    target_l0: float = field(default=5.0, metadata={"help": "expected number of active true features per token"})
+    zipf_exponent: float = field(default=0.5, metadata={"help": (
+        "p_i ∝ (i+1)^-zipf_exponent; 0: every feature equally frequent")})
+    magnitude_mean: float = field(default=1.0, metadata={"help": (
+        "magnitudes a_i = |N(magnitude_mean, magnitude_std)|")})
+    magnitude_std: float = field(default=0.2, metadata={"help": "the spread of the magnitudes (see magnitude_mean)"})
+    noise_std: float = field(default=0.0, metadata={"help": "isotropic Gaussian noise added to every coordinate"})
+    correlation: float = field(default=0.0, metadata={"help": (
+        "in [0, 1): copula correlation between features of one group; 0: independent")})
+    correlation_groups: int = field(default=16, metadata={"help": (
+        "features are split at random into this many correlated groups")})
+    eval_tokens: int = field(default=16384, metadata={"help": (
+        "held-out tokens (a fixed set, identical across runs and seeds)")})
+    feature_seed: int = field(default=0, metadata={"help": (
+        "fixes the directions, groups and held-out set; the run seed only drives training data")})
 
 
 def _seed(*parts: int) -> int:
