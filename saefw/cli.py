@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import saefw
+from saefw.errors import SaefwError, unset_value
 
 log = logging.getLogger("saefw")
 _PLUS_FAMILY = re.compile(r"^\+(source|arch|penalty|explainer)=")
@@ -147,7 +148,6 @@ def command(config_name: str, task: Callable[[Any, Path], Any], argv: list[str] 
     from omegaconf.errors import MissingMandatoryValue
 
     from saefw.config import store_schema
-    from saefw.errors import SaefwError
     from saefw.registry import discover
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no network at run time unless the user asks for it
@@ -231,8 +231,6 @@ def user_error(exc: BaseException) -> BaseException:
     naming the key; anything else is returned as it is."""
     from omegaconf.errors import MissingMandatoryValue
 
-    from saefw.errors import unset_value
-
     if isinstance(exc, MissingMandatoryValue):
         error = unset_value(str(exc.full_key or "a mandatory value"))
         error.__cause__ = exc
@@ -256,7 +254,6 @@ def main(argv: list[str] | None = None) -> None:
         from hydra.core.hydra_config import HydraConfig
         from omegaconf import Container, OmegaConf
 
-        from saefw.errors import SaefwError
         from saefw.failures import check_finite
         from saefw.objective import parse_objective
         from saefw.run import run

@@ -18,7 +18,7 @@ import dataclasses
 import json
 import textwrap
 
-from saefw.registry import FAMILIES, entry, names
+from saefw.registry import FAMILIES, entry, names, option_prefix
 
 HELP = "help"
 """The ``field(metadata=...)`` key holding a config field's help text."""
@@ -51,15 +51,9 @@ def _default(f: dataclasses.Field) -> str:
         return repr(value)
 
 
-def _prefix(family: str, name: str) -> str:
-    """The override prefix of a plugin's options: ``arch.`` (one plugin per group), ``evaluators.l0.`` (a list)."""
-    group = FAMILIES[family]
-    return f"{group}.{name}." if family == "evaluator" else f"{group}."
-
-
 def plugin_options(family: str, name: str) -> list[tuple[str, str, str, str]]:
     """(override key, type, default, help) of every config field of plugin ``name`` of ``family``."""
-    prefix = _prefix(family, name)
+    prefix = option_prefix(family, name) + "."
     return [(prefix + f.name, _type_name(f.type), _default(f), field_help(f))
             for f in dataclasses.fields(entry(family, name).config_cls)]
 

@@ -104,11 +104,16 @@ def make_config(family: str, name: str, cfg: DictConfig | dict | None = None) ->
         raise SaefwError(f"{FAMILIES[family]}={name} has no option {', '.join(unknown)}; options: {', '.join(sorted(known))}")
     config = e.config_cls(**fields)
     # a mandatory field (MISSING, ``???``) left unset would reach the plugin as the string '???'
-    prefix = f"evaluators.{name}" if family == "evaluator" else FAMILIES[family]
-    unset = _unset_keys(dataclasses.asdict(config), prefix)
+    unset = _unset_keys(dataclasses.asdict(config), option_prefix(family, name))
     if unset:
         raise unset_value(unset[0], f"{FAMILIES[family]}={name}")
     return config
+
+
+def option_prefix(family: str, name: str) -> str:
+    """Where plugin ``name``'s options sit in the run config: ``arch`` (one plugin per group), ``evaluators.l0``
+    (one entry of the evaluator list)."""
+    return f"{FAMILIES[family]}.{name}" if family == "evaluator" else FAMILIES[family]
 
 
 def _unset_keys(value: Any, key: str) -> list[str]:
