@@ -15,8 +15,10 @@ built-in one. :func:`missing_help` names the fields without help (a test keeps i
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import textwrap
+from pathlib import Path
 
 from saefw.registry import FAMILIES, entry, names, option_prefix
 
@@ -74,7 +76,9 @@ def options_text(width: int = WIDTH) -> str:
     return "\n".join(lines).rstrip().replace("$", "$$")
 
 
-def missing_help() -> list[str]:
-    """``family=name: option`` for every registered plugin config field that has no help text."""
+def missing_help(within: Path | None = None) -> list[str]:
+    """``family=name: option`` for every registered plugin config field that has no help text; ``within``: only
+    plugins whose config class is defined in a file under that folder."""
     return [f"{family}={name}: {f.name}" for family in FAMILIES for name in names(family)
+            if within is None or Path(inspect.getfile(entry(family, name).config_cls)).resolve().is_relative_to(within)
             for f in dataclasses.fields(entry(family, name).config_cls) if not field_help(f)]
