@@ -3,7 +3,7 @@ of the model's own layers, measured in the same process.
 
     python benchmarks/perf_lm.py [--layers 6 25] [--harvest-tokens 20000]
 
-* ``harvest``: the real harvest path (:func:`saefw.harvest.fill_stores`, into a fresh store folder): tokens/s of
+* ``harvest``: the real harvest path (:func:`saefw.store.harvest.fill_stores`, into a fresh store folder): tokens/s of
   the forward that stops at the hooked layer, disk writes included;
 * ``evaluation``: seconds of one final ``loss_recovered`` evaluation over the held-out split (a random TopK SAE:
   the cost does not depend on training), first with empty caches (ce_zero, the clean summary and the held-out
@@ -30,12 +30,14 @@ import time
 from pathlib import Path
 
 import torch
+from perf_train import (
+    median_seconds,  # benchmarks/ is on sys.path when a script here runs
+)
 from torch import nn
 
-from perf_train import median_seconds  # benchmarks/ is on sys.path when a script here runs
-from saefw.allocator import keep_freed_memory
+from saefw.app.allocator import keep_freed_memory
 from saefw.evals.base import run_evaluators
-from saefw.lm import block_list
+from saefw.lm.model import block_list
 from saefw.registry import build, discover
 from saefw.sources.base import RunSpec
 

@@ -5,9 +5,9 @@ ratios survive a noisy, shared machine:
 
 * ``matmul_peak``: the five matmuls a dense SAE step cannot avoid (encoder and decoder forward; ∇W_dec, ∇f and
   ∇W_enc backward), 10·d_in·d_sae FLOP per token, timed as plain ``torch`` matmuls of the same shapes;
-* ``saefw_loop``: the real loop of a run — :class:`saefw.train.SAEModule` in a ``pytorch_lightning.Trainer`` built
-  by :func:`saefw.run._trainer` (CSV + offline W&B loggers, checkpoint callback, eval callback), reading batches
-  through :class:`saefw.train.ActivationDataModule` from an activation source; timed from batch end to batch end,
+* ``saefw_loop``: the real loop of a run — :class:`saefw.training.module.SAEModule` in a ``pytorch_lightning.Trainer`` built
+  by :func:`saefw.training.run._trainer` (CSV + offline W&B loggers, checkpoint callback, eval callback), reading batches
+  through :class:`saefw.training.module.ActivationDataModule` from an activation source; timed from batch end to batch end,
   so data loading, dead-latent bookkeeping, decoder renormalisation, λ control and logging are all inside;
 * ``saelens_step``: SAELens's ``TrainingSAE`` for the same architecture: ``training_forward_pass`` → backward →
   Adam step → ``zero_grad``, on batches already in memory (no data loading, no bookkeeping: that favours SAELens).
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from saefw.allocator import keep_freed_memory
+from saefw.app.allocator import keep_freed_memory
 from saefw.sources.base import ActivationSource, RunSpec
 
 DENSE_FLOP_PER_TOKEN = 10  # × d_in·d_sae: 2 forward matmuls + 3 backward (∇W_dec, ∇f, ∇W_enc), 2 FLOP per MAC
@@ -89,9 +89,9 @@ def compose_run_config(arch: str, batch: int, d_sae: int, steps: int, overrides:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from saefw.cli import conf_dir
-    from saefw.config import store_schema
+    from saefw.app.cli import conf_dir
     from saefw.registry import discover
+    from saefw.training.config import store_schema
 
     store_schema()
     discover()
@@ -123,12 +123,12 @@ def saefw_loop(arch: str, source, batch: int, d_sae: int, steps: int, warmup: in
     """Tokens/s of saefw's Lightning training loop over ``steps`` batches, the first ``warmup`` not timed."""
     import pytorch_lightning as pl
 
-    from saefw.cli import _end_wandb_run
-    from saefw.plan import RunPlan
+    from saefw.app.cli import _end_wandb_run
     from saefw.registry import build
-    from saefw.report import Reporter
-    from saefw.run import _trainer, build_sae, sparsity_control
-    from saefw.train import ActivationDataModule, SAEModule
+    from saefw.training.module import ActivationDataModule, SAEModule
+    from saefw.training.plan import RunPlan
+    from saefw.training.reporting import Reporter
+    from saefw.training.run import _trainer, build_sae, sparsity_control
 
     cfg = compose_run_config(arch, batch, d_sae, steps, overrides)
     plan = RunPlan.from_config(cfg)

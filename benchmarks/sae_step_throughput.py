@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
+from saefw.arch.base import compose_loss
 from saefw.registry import build, discover, entry, names
-from saefw.sparsity import compose_loss
 
 OUT = Path(__file__).parent / "results" / "sae_step_throughput.jsonl"
 

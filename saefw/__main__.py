@@ -1,3 +1,3 @@
-from saefw.cli import main
+from saefw.training.command import main
 
 main()

@@ -163,10 +163,11 @@ def _import_local_plugins(root: Path) -> None:
 
 
 def import_submodules(package: str) -> None:
-    """Import every module of a built-in plugin package, so adding a plugin file needs no other edit."""
+    """Import every module of a built-in plugin package, so adding a plugin file needs no other edit; a package's
+    command (``python -m saefw.evals``: ``__main__`` and ``command``) is not a plugin."""
     import pkgutil
 
     pkg = importlib.import_module(package)
     for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name != "base":
+        if info.name not in ("base", "__main__", "command"):
             importlib.import_module(f"{package}.{info.name}")

@@ -18,7 +18,7 @@ import json
 import tarfile
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parents[1] / "saefw" / "data" / "factbook.jsonl.gz"
+OUT = Path(__file__).resolve().parents[1] / "saefw" / "lm" / "data" / "factbook.jsonl.gz"
 
 
 def _texts(obj, path=""):

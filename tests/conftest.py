@@ -14,7 +14,6 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
                           str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 import pytest  # noqa: E402
-
 from helpers import build_tiny_model, run_cli
 
 os.environ.setdefault("WANDB_MODE", "offline")

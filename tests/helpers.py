@@ -80,7 +80,7 @@ TINY_RUN = ["layer=1", "total_tokens=2048", "train.batch_size=256", "source.cont
 
 def tiny_activations(model: Path, layer: int = 1, site: str = "resid_post", n_ctx: int = 4, seed: int = 0):
     """Real activations [n_ctx·31, 32] of the tiny model at (layer, site) on random token contexts."""
-    from saefw.lm import LanguageModel
+    from saefw.lm.model import LanguageModel
 
     lm = LanguageModel(str(model), layer, site)
     g = torch.Generator().manual_seed(seed)
@@ -104,7 +104,7 @@ def _word_tokenizer(path: Path):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from saefw.corpus import Corpus
+    from saefw.lm.corpus import Corpus
 
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -118,7 +118,14 @@ def _word_tokenizer(path: Path):
 
 def build_tiny_model(kind: str, path: Path, n_layers: int = 4, hidden: int = 32) -> Path:
     """A random GPT-2 / GPT-NeoX / Llama (``kind``) with the word tokenizer, saved with ``save_pretrained``."""
-    from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     torch.manual_seed(0)
     tok = _word_tokenizer(path)

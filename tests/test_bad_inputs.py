@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import run_cli
 
 BASE = ["layer=1", "total_tokens=2048", "train.batch_size=256", "source.context_size=32", "source.eval_contexts=4",

@@ -9,11 +9,11 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from saefw.cli import conf_dir, normalise_overrides
-from saefw.config import store_schema
+from saefw.app.cli import conf_dir, normalise_overrides
 from saefw.errors import SaefwError
 from saefw.registry import FAMILIES, build, discover, entry, names
-from saefw.run import build_sae, check_combination
+from saefw.training.config import store_schema
+from saefw.training.run import build_sae, check_combination
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_unknown_plugin_error_lists_registered():
 
 
 def test_optuna_presets_compose_with_their_sweeper_and_objective(composer):
-    from saefw.objective import parse_objective
+    from saefw.training.objective import parse_objective
 
     cfg = compose("config", overrides=["+experiment=find_lambda", "objective.targets.l0=16"],
                   return_hydra_config=True)
@@ -107,12 +107,12 @@ def test_optuna_presets_compose_with_their_sweeper_and_objective(composer):
     assert cfg.hydra.sweeper.sampler._target_ == "optuna.samplers.NSGAIISampler"
     assert parse_objective(list(cfg.objective)).metrics == ("l0", "ce_loss_recovered")
     # the compare callback runs after every multirun, logging to W&B the way the jobs do
-    assert cfg.hydra.callbacks.compare._target_ == "saefw.analysis.callback.CompareCallback"
+    assert cfg.hydra.callbacks.compare._target_ == "saefw.sweeps.callback.CompareCallback"
     assert cfg.hydra.callbacks.compare.wandb_mode == "offline"
 
 
 def test_compare_config_composes(composer):
-    from saefw.compare import register_resolver
+    from saefw.sweeps.command import register_resolver
 
     register_resolver()
     cfg = compose(config_name="compare", overrides=["dirs=['a b',c]", "wandb.mode=disabled"],
@@ -122,7 +122,7 @@ def test_compare_config_composes(composer):
 
 
 def test_evaluate_config_composes_with_every_source_and_evaluator(composer):
-    from saefw.evaluate import store_schema as store_evaluate_schema
+    from saefw.evals.command import store_schema as store_evaluate_schema
 
     store_evaluate_schema()  # the evaluate command's own schema, as `python -m saefw.evaluate` stores it
     cfg = compose(config_name="evaluate", overrides=["sae=/some/dir"])
@@ -141,7 +141,7 @@ def test_evaluate_config_composes_with_every_source_and_evaluator(composer):
 def test_command_configs_compose_typed(composer, name):
     import importlib
 
-    importlib.import_module(f"saefw.{name}").store_schema()
+    importlib.import_module({"features": "saefw.features.command", "steer": "saefw.features.steer"}[name]).store_schema()
     extra = ["feature=[3,7]", "scale=[4,-2]", "prompt=hi"] if name == "steer" else ["n_tokens=500"]
     cfg = compose(config_name=name, overrides=["run=/some/run", *extra])
     assert cfg.run == "/some/run"
@@ -161,7 +161,7 @@ def test_tradeoff_preset_sweeps_every_builtin_arch_over_one_sparsity_knob(compos
     assert params.arch.split(",") == ["l1", "gated", "topk", "jumprelu", "batchtopk"]
     assert [int(v) for v in params.target_l0.split(",")] == [16, 32, 64, 128]
     from saefw.penalties.none import NonePenalty
-    from saefw.run import sparsity_target
+    from saefw.training.run import sparsity_target
 
     for arch in params.arch.split(","):  # the one knob reaches every arch: k, or the controller's target
         c = composer("+experiment=tradeoff", f"arch={arch}", "target_l0=16")
@@ -183,7 +183,7 @@ def test_every_launcher_preset_composes(composer):
 
 
 def test_relations_config_composes_typed():
-    from saefw.relations import store_schema as store_relations_schema
+    from saefw.relations.command import store_schema as store_relations_schema
 
     store_relations_schema()
     GlobalHydra.instance().clear()
@@ -201,7 +201,7 @@ def test_relations_config_composes_typed():
 
 
 def test_explain_config_composes_with_every_explainer():
-    from saefw.explain import store_schema as store_explain_schema
+    from saefw.interp.command import store_schema as store_explain_schema
 
     store_explain_schema()
     discover()

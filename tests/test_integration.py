@@ -3,7 +3,6 @@ import importlib.util
 import json
 
 import pytest
-
 from helpers import run_cli
 
 pytestmark = pytest.mark.integration

@@ -8,9 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from helpers import read_csv, run_clis
+from safetensors.torch import load_file
 
 NPY_SOURCE = '''
 """Activations the user saved as one .npy array [n_tokens, d_in]; the last eval_rows rows are held out."""

@@ -9,14 +9,14 @@ import sys
 
 import pytest
 import torch
-
 from helpers import REPO, run_cli, set_params
+
 from saefw.arch.base import SAE
+from saefw.errors import SaefwError
 from saefw.evals.base import Evaluator
 from saefw.penalties.base import Penalty
-from saefw.sources.base import ActivationSource
-from saefw.errors import SaefwError
 from saefw.registry import build, discover, entry
+from saefw.sources.base import ActivationSource
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +73,10 @@ def test_cli_finds_trains_and_saves_the_copied_plugin(tmp_path):
     assert cfg["metadata"]["saefw"]["architecture"] == "matryoshka"
     assert cfg["metadata"]["saefw"]["arch_config"]["group_fractions"] == [0.0625, 0.125, 0.25, 0.5, 1.0]
 
+    from helpers import assert_same_function
     from sae_lens import SAE
 
-    from helpers import assert_same_function
-    from saefw.io import load_sae
+    from saefw.io.saved import load_sae
     from saefw.sources.base import RunSpec
 
     discover(plugin_dirs=[REPO])

@@ -2,11 +2,11 @@
 import json
 
 import pytest
+from helpers import REPO, run_cli
 from hydra import compose, initialize_config_dir
 
-from helpers import REPO, run_cli
-from saefw.config import store_schema
 from saefw.registry import discover, names
+from saefw.training.config import store_schema
 
 
 def test_cli_l1_recovers_synthetic_features(tmp_path):

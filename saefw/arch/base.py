@@ -15,7 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from saefw.arch.ops import SparseLatents, encoder_pre_acts, sparse_decode
-from saefw.saelens_format import fold_b_dec_input
+from saefw.errors import SaefwError
+from saefw.io.saelens_format import fold_b_dec_input
 
 
 @dataclass
@@ -31,7 +32,7 @@ class SparsityInput:
 @dataclass
 class TrainOutput:
     """An arch's training forward on scaled activations: unweighted terms, composed by
-    :func:`saefw.sparsity.compose_loss` into ``mse + Σ aux + λ·P(sparsity)``.
+    :func:`saefw.training.sparsity.compose_loss` into ``mse + Σ aux + λ·P(sparsity)``.
 
     ``f`` [B, d_sae] the latents (a dense tensor, or :class:`~saefw.arch.ops.SparseLatents` from the top-k archs,
     whose ``.dense()`` gives the tensor); ``mse`` = E‖x − x̂‖²; ``sparsity`` what the penalty P reads; ``aux`` extra loss
@@ -57,11 +58,11 @@ class LossOutput:
 class SAE(nn.Module):
     """Base class: ``f = encode(x)``, ``x̂ = decode(f)``, ``loss(x_scaled, penalty, coefficient)``.
 
-    An arch carries its own SAELens mapping, so :mod:`saefw.saelens_format` never names an arch:
+    An arch carries its own SAELens mapping, so :mod:`saefw.io.saelens_format` never names an arch:
 
     * ``saelens_architecture = "topk"`` in the class body: the SAELens architecture that computes exactly what this
       class computes at inference; its saved directories then load in SAELens. Read from that class only, never
-      inherited (:func:`saefw.saelens_format.saelens_architecture`): a subclass that changes encode/decode must
+      inherited (:func:`saefw.io.saelens_format.saelens_architecture`): a subclass that changes encode/decode must
       not claim its parent's SAELens equivalent. Export then calls :meth:`saelens_config`,
       :meth:`saelens_metadata` and :meth:`saelens_state`.
     * ``saelens_reads = ("topk",)`` in the class body: the SAELens architectures this class imports, likewise
@@ -133,17 +134,13 @@ class SAE(nn.Module):
         raise NotImplementedError
 
     def loss(self, x: Tensor, penalty, coefficient: float | Tensor, dead_mask: Tensor | None = None) -> LossOutput:
-        """``mse + Σ aux + coefficient·penalty`` on scaled ``x`` (see :func:`saefw.sparsity.compose_loss`)."""
-        from saefw.sparsity import compose_loss
-
+        """``mse + Σ aux + coefficient·penalty`` on scaled ``x`` (see :func:`compose_loss`)."""
         return compose_loss(self.train_forward(x, dead_mask), penalty, coefficient)
 
     @torch.no_grad()
     def initialize_from_data(self, x: Tensor) -> None:
         """Data-dependent init from raw activations [N, d_in]: ``input_scale`` so that E‖x‖ = √d_in, then
         :meth:`init_from_data` on the scaled activations."""
-        from saefw.errors import SaefwError
-
         if not torch.isfinite(x).all():
             raise SaefwError(f"the activations contain NaN/inf ({(~torch.isfinite(x)).sum().item()} values in the "
                              f"first {len(x)} tokens): check the model's dtype and the hook site")
@@ -193,7 +190,7 @@ class SAE(nn.Module):
     def saved_tensors(self) -> dict[str, Tensor]:
         return {k: v.detach() for k, v in self.state_dict().items()}
 
-    # --- the SAELens mapping (see the class docstring; called by saefw.saelens_format) ---
+    # --- the SAELens mapping (see the class docstring; called by saefw.io.saelens_format) ---
     def saelens_config(self) -> dict:
         """Fields this SAE adds to the top level of its SAELens cfg.json (e.g. topk's ``k``). Default: none."""
         return {}
@@ -297,3 +294,14 @@ def auxk_loss(pre_acts: Tensor, x: Tensor, x_hat: Tensor, W_dec: Tensor, dead_ma
         return pre_acts.new_zeros(())
     rows, cols, _ = entries
     return auxk_from_entries(pre_acts[rows, cols], entries, x, x_hat, W_dec)
+
+
+def compose_loss(out: TrainOutput, penalty, coefficient: float | Tensor) -> LossOutput:
+    """loss = E‖x − x̂‖² + Σ aux + λ·P(sparsity input)."""
+    sparsity = torch.as_tensor(penalty(out.sparsity), dtype=out.mse.dtype, device=out.mse.device)
+    loss = out.mse + coefficient * sparsity
+    for term in out.aux.values():
+        loss = loss + term
+    terms = {"mse_loss": out.mse.detach(), "sparsity_loss": sparsity.detach(),
+             **{k: v.detach() for k, v in out.aux.items()}, **out.logs}
+    return LossOutput(loss, out.f, terms)

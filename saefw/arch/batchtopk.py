@@ -10,8 +10,13 @@ from saefw.arch.jumprelu import threshold_tensors
 from saefw.arch.ops import SparseLatents
 from saefw.arch.topk import TopKSAE
 from saefw.errors import SaefwError
+from saefw.io.saelens_format import (
+    fold_b_dec_input,
+    fold_decoder_norm_rescale,
+    is_whole,
+    k_of,
+)
 from saefw.registry import register
-from saefw.saelens_format import fold_b_dec_input, fold_decoder_norm_rescale, is_whole, k_of
 
 
 @dataclass

@@ -8,8 +8,8 @@ from torch import Tensor, nn
 
 from saefw.arch.base import SAE, SparsityInput, TrainOutput
 from saefw.arch.ops import encoder_pre_acts
+from saefw.io.saelens_format import fold_b_dec_input
 from saefw.registry import register
-from saefw.saelens_format import fold_b_dec_input
 
 
 @dataclass

@@ -6,17 +6,30 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from saefw.arch.base import SAE, SparsityInput, TrainOutput, auxk_entries, auxk_from_entries, auxk_loss
+from saefw.arch.base import (
+    SAE,
+    SparsityInput,
+    TrainOutput,
+    auxk_entries,
+    auxk_from_entries,
+    auxk_loss,
+)
 from saefw.arch.ops import SparseLatents, gather_pre_acts, row_entries, sparse_decode
 from saefw.errors import SaefwError
+from saefw.io.saelens_format import (
+    activation_of,
+    fold_b_dec_input,
+    fold_decoder_norm_rescale,
+    is_whole,
+    k_of,
+)
 from saefw.registry import register
-from saefw.saelens_format import activation_of, fold_b_dec_input, fold_decoder_norm_rescale, is_whole, k_of
 
 
 @dataclass
 class TopKConfig:
     k: int | None = field(default=None, metadata={"help": (
-        "latents kept per token; null: the run's target_l0 (see saefw/run.py sparsity_target)")})
+        "latents kept per token; null: the run's target_l0 (see saefw/training/run.py sparsity_target)")})
     k_aux: int | None = field(default=None, metadata={"help": (
         "dead latents the AuxK loss may use; null: d_in // 2 (Gao et al.)")})
     aux_coefficient: float = field(default=1 / 32, metadata={"help": "α, the AuxK loss's weight (Gao et al.: 1/32)"})

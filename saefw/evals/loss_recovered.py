@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 
 from saefw.evals.base import Evaluator
 from saefw.evals.stats import mean_se, ratio_se
-from saefw.lm import RESID_SITES, next_token_ce
+from saefw.lm.model import RESID_SITES, next_token_ce
 from saefw.registry import register
 
 

@@ -35,9 +35,9 @@ class LocalChat(ChatModel):
         super().__init__(cfg)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from saefw.embedded import resolve_model
-        from saefw.features import resolve_device
-        from saefw.lm import load_config
+        from saefw.app.device import resolve_device
+        from saefw.lm.embedded import resolve_model
+        from saefw.lm.model import load_config
 
         dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
         if cfg.dtype not in dtypes:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from saefw.analysis.dashboard import add_extension
+from saefw.features.dashboard import add_extension
 from saefw.interp.results import flat_row
 
 _SCRIPT = r"""(function () {

@@ -23,7 +23,7 @@ import io
 import json
 from pathlib import Path
 
-from saefw.atomic import write_json, write_text
+from saefw.app.atomic import write_json, write_text
 from saefw.errors import SaefwError
 
 FORMAT = "saefw.explanations/1"

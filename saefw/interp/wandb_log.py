@@ -6,17 +6,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from saefw.errors import SaefwError
+from saefw.app.wandb_settings import WandbSettings
 from saefw.interp.results import CSV_COLUMNS, flat_row
 
-MODES = ("offline", "online", "disabled")
 
-
-def log_explanations(results: dict, features: list[int], out_dir: Path, settings, usage: dict,
+def log_explanations(results: dict, features: list[int], out_dir: Path, settings: WandbSettings, usage: dict,
                      explainer: dict) -> Path | None:
     """Log the rows of ``features``; returns the local run dir (None when ``settings.mode`` is disabled)."""
-    if settings.mode not in MODES:
-        raise SaefwError(f"wandb.mode={settings.mode!r} is invalid; valid: {', '.join(MODES)}")
+    settings.check_mode()
     if settings.mode == "disabled":
         return None
     os.environ.setdefault("WANDB_SILENT", "true")

@@ -10,7 +10,7 @@ from saefw.arch.base import SparsityInput
 
 @dataclass
 class PenaltyConfig:
-    """``coefficient`` is λ where training starts; the :class:`~saefw.sparsity.SparsityController` owns it from
+    """``coefficient`` is λ where training starts; the :class:`~saefw.training.sparsity.SparsityController` owns it from
     there (warmup, adaptation towards the run's ``target_l0``, freeze)."""
 
     coefficient: float = field(default=5.0, metadata={"help": (

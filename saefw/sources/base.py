@@ -10,7 +10,7 @@ from torch import Tensor
 @dataclass
 class RunSpec:
     """What the run asks of every source: its seed and how many training tokens it will consume (the run plan
-    owns the budget; see :class:`saefw.plan.RunPlan`)."""
+    owns the budget; see :class:`saefw.training.plan.RunPlan`)."""
 
     seed: int
     train_tokens: int
@@ -23,7 +23,7 @@ class ActivationSource:
     * ``eval_batches(batch_size)`` yields the held-out split, the same tokens every call. When the source has
       ``tokens_per_context`` set, every batch holds whole contexts of that many rows (evaluators then report
       per-context standard errors); otherwise every token is its own unit.
-    * ``lm`` is a :class:`saefw.lm.LanguageModel` when the activations come from a language model
+    * ``lm`` is a :class:`saefw.lm.model.LanguageModel` when the activations come from a language model
       (needed by ``loss_recovered``); ``ground_truth`` holds known feature directions [n, d_in] (synthetic).
     * ``harvest_seconds`` and ``store_status`` (``hit``/``miss``/``off``) say what the run paid for its data.
     """
@@ -53,7 +53,7 @@ class ActivationSource:
 
     def eval_states(self, n: int) -> Tensor | None:
         """An LM source: the residual stream [n, T, d] at the model's resume point for the first ``n`` held-out
-        contexts, so that evaluations start their forwards there (see :meth:`saefw.lm.LanguageModel.resumed`);
+        contexts, so that evaluations start their forwards there (see :meth:`saefw.lm.model.LanguageModel.resumed`);
         None: forwards run from the embeddings."""
         return None
 

@@ -13,22 +13,36 @@ from pathlib import Path
 
 import torch
 from omegaconf import II
-from tqdm.auto import tqdm
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from saefw.atomic import atomic_path, write_json
-from saefw.corpus import Corpus, split_documents
+from saefw.app.atomic import atomic_path, write_json
+from saefw.app.distributed import local_device
 from saefw.errors import SaefwError
-from saefw.harvest import fill_stores
-from saefw.distributed import local_device
-from saefw.lm import (RESID_SITES, LanguageModel, check_layer_site, d_model_of, hook_name, load_config, model_digest,
-                      n_layers_of)
+from saefw.lm.corpus import Corpus, split_documents
+from saefw.lm.model import (
+    RESID_SITES,
+    LanguageModel,
+    check_layer_site,
+    d_model_of,
+    hook_name,
+    load_config,
+    model_digest,
+    n_layers_of,
+)
 from saefw.registry import register
 from saefw.sources.base import ActivationSource, RunSpec
 from saefw.sources.shuffle import Chunk, ShuffleBuffer
-from saefw.store import DTYPES, ActivationStore, Manifest, StoreKey, default_root
+from saefw.store.activation_store import (
+    DTYPES,
+    ActivationStore,
+    Manifest,
+    StoreKey,
+    default_root,
+)
+from saefw.store.harvest import fill_stores
 
 log = logging.getLogger(__name__)
 

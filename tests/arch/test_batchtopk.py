@@ -4,7 +4,7 @@ import torch
 
 from saefw.arch.base import auxk_loss
 from saefw.arch.ops import as_dense
-from saefw.io import load_sae, save_sae
+from saefw.io.saved import load_sae, save_sae
 from saefw.registry import build, discover
 
 X = torch.tensor([[5.0, 4.0, 3.0], [0.1, 0.2, 0.3], [1.0, 0.0, -1.0]])

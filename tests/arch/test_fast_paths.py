@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import saefw.arch.base as base
+from saefw.arch.base import compose_loss
 from saefw.arch.ops import SparseLatents, as_dense
 from saefw.registry import build, discover
-from saefw.sparsity import compose_loss
 
 TOL = {"atol": 1e-10, "rtol": 1e-10}
 

@@ -5,10 +5,10 @@ import math
 
 import pytest
 import torch
+from helpers import set_params, zero_penalty
 
 from saefw.arch.gated import GatedConfig, GatedSAE
-from helpers import set_params, zero_penalty
-from saefw.io import load_sae, save_sae
+from saefw.io.saved import load_sae, save_sae
 
 
 def _literal_sae():

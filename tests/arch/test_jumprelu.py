@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from saefw.arch.jumprelu import jumprelu, step
-from saefw.io import load_sae, save_sae
+from saefw.io.saved import load_sae, save_sae
 from saefw.registry import build, discover
 
 

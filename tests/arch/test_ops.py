@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from saefw.arch import ops
-from saefw.arch.ops import SparseLatents, as_dense, encoder_pre_acts, firing_stats, gather_pre_acts, sparse_decode
+from saefw.arch.ops import (
+    SparseLatents,
+    as_dense,
+    encoder_pre_acts,
+    firing_stats,
+    gather_pre_acts,
+    sparse_decode,
+)
 
 TOL = {"atol": 1e-10, "rtol": 1e-10}
 

@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
+from helpers import set_params, zero_penalty
 
 from saefw.arch.topk import TopKConfig, TopKSAE
 from saefw.errors import SaefwError
-from helpers import set_params, zero_penalty
-from saefw.io import load_sae, save_sae
+from saefw.io.saved import load_sae, save_sae
 
 ALPHA = 1 / 32
 

@@ -56,7 +56,7 @@ def test_explained_variance_se_is_the_ratio_se_over_contexts():
 
 
 def test_loss_recovered_se_matches_per_context_jackknife(tiny_models, tmp_path):
-    from saefw.lm import next_token_ce
+    from saefw.lm.model import next_token_ce
     from saefw.sources.base import RunSpec
 
     discover()
@@ -78,7 +78,11 @@ def test_loss_recovered_se_matches_per_context_jackknife(tiny_models, tmp_path):
     # ill-conditioned for a jackknife: check the delta method itself, written out independently
     a, b = zero - spliced, zero - clean
     r = a.sum() / b.sum()
-    assert out["ce_loss_recovered"] == pytest.approx(r, rel=1e-4)
+    # each CE to float32 accuracy; their ratio over a denominator that small (ce_zero − ce_clean) amplifies that
+    # rounding (1e-7 in a CE is ~1e-4 of the ratio here), so the ratio itself is compared at 1e-3
+    for key, ref in (("ce_clean", clean), ("ce_sae", spliced), ("ce_zero", zero)):
+        assert out[key] == pytest.approx(ref.mean(), abs=1e-5)
+    assert out["ce_loss_recovered"] == pytest.approx(r, rel=1e-3)
     delta = np.sqrt(np.sum((a - r * b) ** 2) / (24 * 23)) / abs(b.mean())
     assert out["ce_loss_recovered_se"] == pytest.approx(delta, rel=1e-3)
     assert out["ce_delta_se"] == pytest.approx(np.std(spliced - clean, ddof=1) / np.sqrt(24), rel=1e-3)

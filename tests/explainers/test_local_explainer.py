@@ -1,7 +1,7 @@
 """``explainer=local``: a transformers chat model in process (the tiny Llama made a chat model)."""
 import pytest
-
 from openai_server import chat_model
+
 from saefw.errors import SaefwError
 from saefw.registry import build, discover
 

@@ -4,8 +4,8 @@ line each, within seconds."""
 import socket
 
 import pytest
-
 from openai_server import free_port
+
 from saefw.errors import SaefwError
 from saefw.registry import build, discover
 

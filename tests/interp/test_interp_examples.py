@@ -3,8 +3,14 @@ import random
 
 import torch
 
-from saefw.analysis.feature_store import FeatureData
-from saefw.interp.examples import Example, interleave, random_windows, split_examples, store_examples
+from saefw.features.feature_store import FeatureData
+from saefw.interp.examples import (
+    Example,
+    interleave,
+    random_windows,
+    split_examples,
+    store_examples,
+)
 
 
 def text(ids):

@@ -2,9 +2,17 @@
 import random
 
 from interp_helpers import E1, E2, THRESHOLD
+
 from saefw.interp.examples import Example
-from saefw.interp.prompts import (SYSTEM, active_tokens, detection_messages, explanation_messages, random_marks,
-                                  render, simulation_messages)
+from saefw.interp.prompts import (
+    SYSTEM,
+    active_tokens,
+    detection_messages,
+    explanation_messages,
+    random_marks,
+    render,
+    simulation_messages,
+)
 
 
 def test_render_marks_runs_of_tokens_once_and_shows_newlines():

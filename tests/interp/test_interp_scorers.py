@@ -3,8 +3,8 @@ import math
 import random
 
 import pytest
-
 from interp_helpers import E1, E2, N1, N2, SETS, THRESHOLD
+
 from saefw.errors import SaefwError
 from saefw.interp.scorers import Detection, Fuzzing, Simulation, make_scorers
 

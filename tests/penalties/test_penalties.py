@@ -64,7 +64,7 @@ def test_none_is_a_zero_scalar_on_the_acts_dtype_and_has_no_options():
 
 
 def test_controller_takes_lambda_zero_for_the_none_penalty():
-    from saefw.sparsity import SparsityConfig, SparsityController
+    from saefw.training.sparsity import SparsityConfig, SparsityController
 
     controller = SparsityController(SparsityConfig(), 0.0, target_l0=8, total_steps=10, active=False)
     controller.update(torch.tensor(100.0), step=5)

@@ -8,7 +8,11 @@ import torch
 from saefw.errors import SaefwError
 from saefw.registry import build, discover
 from saefw.sources.base import RunSpec
-from saefw.sources.synthetic import SyntheticActivationSource, SyntheticSourceConfig, firing_probabilities
+from saefw.sources.synthetic import (
+    SyntheticActivationSource,
+    SyntheticSourceConfig,
+    firing_probabilities,
+)
 
 
 def _source(seed=0, total_tokens=8192, **cfg):

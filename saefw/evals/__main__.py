@@ -1,0 +1,3 @@
+from saefw.evals.command import main
+
+main()

@@ -1,0 +1,3 @@
+from saefw.features.command import main
+
+main()

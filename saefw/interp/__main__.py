@@ -1,0 +1,3 @@
+from saefw.interp.command import main
+
+main()

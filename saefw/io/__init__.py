@@ -1,0 +1,1 @@
+"""Saved SAEs: saefw run directories and SAELens directories, both ways."""

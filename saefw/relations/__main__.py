@@ -1,0 +1,3 @@
+from saefw.relations.command import main
+
+main()

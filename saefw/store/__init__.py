@@ -1,0 +1,1 @@
+"""The activation store (shards of harvested activations on disk), harvesting into it, and ``python -m saefw.store``."""

@@ -1,0 +1,3 @@
+from saefw.store.command import main
+
+main()

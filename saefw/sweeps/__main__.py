@@ -1,0 +1,3 @@
+from saefw.sweeps.command import main
+
+main()

@@ -1,0 +1,3 @@
+from saefw.training.command import main
+
+main()

@@ -1,0 +1,256 @@
+"""One training run, as a thin orchestrator: plan → plugins → data → train → evaluate → save → report."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from saefw.app.allocator import release_freed_memory
+from saefw.app.atomic import write_text
+from saefw.app.cli import on_command_line
+from saefw.app.clock import PhaseTimer, WallClock
+from saefw.app.quiet import is_quiet
+from saefw.app.summary import print_summary
+from saefw.errors import SaefwError
+from saefw.evals.base import build_evaluators, run_evaluators
+from saefw.io.saved import save_sae
+from saefw.penalties.base import PenaltyConfig
+from saefw.registry import FAMILIES, build, discover, entry
+from saefw.sources.base import RunSpec
+from saefw.training.plan import RunPlan
+from saefw.training.reporting import Reporter
+
+if TYPE_CHECKING:
+    from saefw.training.checkpoint import Resume
+
+log = logging.getLogger("saefw")
+LM_KEYS = ("model", "layer", "site")
+TRAINING_KEYS = ("lr", "adam_beta1", "adam_beta2", "lr_warmup_steps", "lr_decay_fraction", "init_batches",
+                 "dead_window_tokens")
+
+
+def check_combination(arch: str, penalty: str) -> None:
+    allowed = entry("arch", arch).cls.allowed_penalties
+    if penalty not in allowed:
+        raise SaefwError(f"arch={arch} does not take penalty={penalty}; valid penalties for {arch}: "
+                         f"{', '.join(allowed)}")
+
+
+def check_lm_keys(cfg: DictConfig) -> None:
+    """``model``/``layer``/``site`` only mean something to sources that read a language model."""
+    given = [k for k in LM_KEYS if on_command_line(k)]
+    if given and not entry("source", cfg.source.name).cls.needs_model:
+        raise SaefwError(f"{', '.join(f'{k}={cfg[k]}' for k in given)}: source={cfg.source.name} reads no "
+                         f"language model, so {'/'.join(LM_KEYS)} have no effect; they apply to LM sources "
+                         f"(source=hf)")
+
+
+def sparsity_target(cfg: DictConfig, d_sae: int | None = None) -> int:
+    """The run's L0 target: ``target_l0``, or the arch's own ``default_target_l0`` when it is null — capped at a
+    quarter of the dictionary (``d_sae // 4``), so a small SAE's default is still sparse."""
+    if cfg.target_l0 is not None:
+        return cfg.target_l0
+    default = entry("arch", cfg.arch.name).cls.default_target_l0
+    return max(1, min(default, d_sae // 4)) if d_sae else default
+
+
+def build_sae(cfg: DictConfig, d_in: int, penalty):
+    """The arch, with two things decided here, once: the unit-norm decoder (forced on when the penalty ignores
+    decoder norms, ``penalty=l1``, and could otherwise be gamed by shrinking f against W_dec) and, for the top-k
+    archs, k = the run's target L0 unless ``arch.k`` is set."""
+    arch_cfg = OmegaConf.to_container(cfg.arch, resolve=True)
+    if penalty.requires_unit_norm_decoder and "unit_norm_decoder" in arch_cfg:
+        arch_cfg["unit_norm_decoder"] = True
+    d_sae = cfg.d_sae or cfg.expansion_factor * d_in
+    if arch_cfg.get("k", 0) is None:
+        arch_cfg["k"] = sparsity_target(cfg, d_sae)
+    return build("arch", arch_cfg, d_in=d_in, d_sae=d_sae)
+
+
+def sparsity_control(cfg: DictConfig, sae, penalty, steps: int):
+    """(the run's L0 target, its λ controller): k for the top-k archs; for a penalised arch the target λ is
+    steered to (null when ``sparsity.adapt`` is off: λ stays ``penalty.coefficient``)."""
+    from saefw.training.sparsity import SparsityController
+
+    penalised = isinstance(penalty.cfg, PenaltyConfig)  # the top-k archs' "none" penalty has no λ
+    target = sae.k if hasattr(sae, "k") else (
+        sparsity_target(cfg, sae.d_sae) if penalised and cfg.sparsity.adapt else None)
+    controller = SparsityController(cfg.sparsity, penalty.cfg.coefficient if penalised else 0.0,
+                                    target if penalised else None, steps, active=penalised)
+    return target, controller
+
+
+def find_checkpoint(cfg: DictConfig, run_dir: Path, steps: int, zero: bool) -> Resume | None:
+    """The checkpoint this run continues from. ``resume``: null (default) continues when ``run_dir`` holds a
+    checkpoint (re-running a command with the same ``hydra.run.dir``, or a requeued cluster job); true insists
+    on one; false starts over, removing the checkpoints of an earlier attempt."""
+    from saefw.training.checkpoint import clear, find_resume
+
+    folder = run_dir / "checkpoints"
+    mode = cfg.get("resume")
+    if mode is False:
+        if zero and (n := clear(folder)):
+            print(f"resume=false: removed {n} checkpoint(s) of an earlier attempt from {folder}", flush=True)
+        return None
+    found = find_resume(folder, warn=lambda m: zero and print(f"warning: {m}", file=sys.stderr, flush=True))
+    if found is None and mode is True:
+        raise SaefwError(f"resume=true but {folder} holds no checkpoint; set hydra.run.dir to the directory of "
+                         f"the run to resume")
+    if found is not None and zero:
+        print(f"resuming from {found.path} (step {found.step} of {steps})", flush=True)
+    return found
+
+
+def run(cfg: DictConfig, run_dir: Path, clock: WallClock | None = None) -> dict:
+    """Train and evaluate one SAE; writes sae_weights, cfg.json, config.yaml, metrics.json into ``run_dir``.
+
+    ``clock``: where the record's ``wall_seconds`` (and its ``startup`` phase) count from; the command passes the
+    process start (a multirun: the job's start); default: this call. Under data parallelism every rank runs this;
+    only global rank 0 evaluates and writes (the others return an empty record)."""
+    clock = clock or WallClock.now()
+    import pytorch_lightning as pl
+
+    from saefw.app.distributed import (
+        check_accelerator,
+        check_global_batch,
+        end_process_group,
+        is_global_zero,
+    )
+    from saefw.training.checkpoint import check_identity
+    from saefw.training.module import ActivationDataModule, EvalCallback, SAEModule
+
+    discover()
+    zero = is_global_zero()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if zero:
+        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    for family in ("source", "arch", "penalty"):
+        entry(family, cfg[FAMILIES[family]].name)
+    check_combination(cfg.arch.name, cfg.penalty.name)
+    check_lm_keys(cfg)
+    check_accelerator(cfg.trainer.get("accelerator", "auto"))
+    plan = RunPlan.from_config(cfg)
+    resume = find_checkpoint(cfg, run_dir, plan.steps, zero)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+    # plugins and data
+    timer = PhaseTimer(clock, announce=(lambda line: print(line, flush=True)) if zero else None)
+    with timer("model_load"):  # an LM source reads the model's config here and loads the weights when first needed
+        source = build("source", cfg.source, spec=RunSpec(seed=cfg.seed, train_tokens=plan.tokens))
+    source.on_model_load = lambda seconds: timer.charge("model_load", seconds)
+    with timer("init", announce=False):  # the SAE and the evaluators first: a bad option fails before the data
+        penalty = build("penalty", cfg.penalty)
+        sae = build_sae(cfg, source.d_in, penalty)
+        evaluators = build_evaluators(cfg, source) if zero else []  # only rank 0 evaluates
+    with timer("data_setup", parts=lambda: {"harvest": source.harvest_seconds}):  # fingerprints, store, harvest
+        source.setup()
+    data = ActivationDataModule(source, plan.batch_size, plan.steps)
+    with timer("init"):  # data-dependent init, the training module, its loggers and its trainer
+        head = torch.cat([b.float() for b in data.peek(cfg.train.init_batches)])
+        sae.initialize_from_data(head)  # a resumed run then loads the checkpoint's weights over it
+        release_freed_memory()  # the store reads behind the shuffle buffer's first fill
+        target, controller = sparsity_control(cfg, sae, penalty, plan.steps)
+        module = SAEModule(sae, penalty, controller, cfg.train, plan.steps)
+        module.rank_facts = lambda: [source.harvest_seconds, float(source.store_status == "miss")]
+        provenance = {**source.describe(), "source": cfg.source.name, "penalty": cfg.penalty.name,
+                      "penalty_config": OmegaConf.to_container(cfg.penalty, resolve=True), "seed": cfg.seed}
+        lm_keys = {k: cfg[k] if entry("source", cfg.source.name).cls.needs_model else None for k in LM_KEYS}
+        identity = {"arch": cfg.arch.name, "penalty": cfg.penalty.name, "source": cfg.source.name, **lm_keys,
+                    "d_in": source.d_in, "d_sae": sae.d_sae, "seed": cfg.seed, "steps": plan.steps,
+                    "batch_size": plan.batch_size}
+        # what else shapes the training: a rerun in a finished run's dir with another target or lr is a new run
+        training = {"target_l0": target, "arch_config": OmegaConf.to_container(cfg.arch, resolve=True),
+                    "penalty_config": OmegaConf.to_container(cfg.penalty, resolve=True),
+                    "sparsity": OmegaConf.to_container(cfg.sparsity, resolve=True),
+                    **{f"train.{k}": cfg.train[k] for k in TRAINING_KEYS}}
+        full_identity = {**identity, **training}
+        if resume is not None:
+            check_identity(resume, full_identity)
+        base = {**{k: v for k, v in identity.items() if k not in ("steps", "batch_size")}, "target_l0": target}
+        reporter = Reporter(cfg, run_dir, base, write=zero, resume_state=resume.state if resume else None,
+                            resume_step=resume.step if resume else None, clock=clock)
+        trainer = _trainer(cfg, plan, run_dir, source, evaluators, reporter, full_identity)
+    check_global_batch(plan.batch_size, trainer.world_size)  # before any other rank is started
+    data_record = {"activation_store": source.store_status}
+    eval_seconds = lambda: {"periodic_evaluate": sum(cb.seconds for cb in trainer.callbacks  # noqa: E731
+                                                     if isinstance(cb, EvalCallback))}
+    try:
+        with timer("train", parts=eval_seconds):
+            trainer.fit(module, datamodule=data, ckpt_path=str(resume.path) if resume else None,
+                        weights_only=True)
+    except SystemExit:
+        # Lightning turns Ctrl-C into SystemExit after its own teardown: keep what was learned before leaving
+        if not trainer.interrupted:
+            raise
+        if trainer.is_global_zero:
+            save_sae(sae, run_dir, provenance)
+            last = reporter.history[-1] if reporter.history else {}
+            reporter.write(reporter.record(last, trainer.global_step, trainer.global_step * plan.batch_size, True,
+                                           **data_record, harvest_seconds=round(source.harvest_seconds, 1),
+                                           timings=timer.seconds),
+                           status="interrupted")
+            print(f"\ninterrupted at step {trainer.global_step}: SAE saved to {run_dir}; run the same command "
+                  f"with hydra.run.dir={run_dir} to resume from its last checkpoint", flush=True)
+        raise SystemExit(130) from None
+    finally:
+        end_process_group()
+    if not trainer.is_global_zero:
+        return {}
+    train_seconds = timer.seconds["train"] + timer.seconds["periodic_evaluate"]
+
+    # evaluation: on the device it trained on (Lightning's teardown moved it to the CPU)
+    with timer("evaluate"):
+        sae.to(trainer.strategy.root_device)
+        sae.finalize_for_inference(iter((head * sae.input_scale.cpu()).split(plan.batch_size)))
+        metrics = run_evaluators(sae, source, evaluators, cfg.train.eval_batch_size)
+        metrics["dead_fraction"] = module.dead_mask().float().mean().item()
+    with timer("save"):
+        reporter.log_eval(metrics, trainer.global_step, periodic=False)
+        save_sae(sae, run_dir, provenance)
+        reporter.plot(metrics)
+    ranks = {"world_size": trainer.world_size}
+    if module.rank_states is not None:
+        ranks["rank_state"] = module.rank_states
+        # the job harvested if any rank did (the first rank to take the store's lock harvests; the rest read)
+        source.harvest_seconds = sum(f[0] for f in module.gathered_facts)
+        if any(f[1] for f in module.gathered_facts):
+            data_record["activation_store"] = "miss"
+    record = reporter.record(metrics, trainer.global_step, plan.tokens, False, **data_record,
+                             harvest_seconds=round(source.harvest_seconds, 1), train_seconds=round(train_seconds, 1),
+                             final_coefficient=controller.coefficient(plan.steps),
+                             tokens_trained=int(module.tokens_trained), resumed_from=resume.step if resume else None,
+                             timings=timer.seconds, **ranks)
+    reporter.write(record)
+    print_summary(record, run_dir)
+    return record
+
+
+def _trainer(cfg: DictConfig, plan: RunPlan, run_dir: Path, source, evaluators, reporter, identity: dict):
+    import pytorch_lightning as pl
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    from saefw.app.distributed import strategy_kwargs
+    from saefw.training.checkpoint import AtomicCheckpointIO, Checkpointer
+    from saefw.training.module import EvalCallback, TokenProgressBar
+
+    tc = cfg.train
+    state = lambda: {**reporter.state(), "identity": identity}  # noqa: E731 - read at every checkpoint
+    callbacks = [EvalCallback(source, evaluators, tc.eval_every_steps, tc.eval_batch_size, reporter.log_eval),
+                 Checkpointer(run_dir / "checkpoints", tc.checkpoint_every_steps, state)]
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(TokenProgressBar(plan.batch_size))
+    # the model-summary table only on a verbose console (saefw.app.quiet), unless the trainer config asks for it
+    kwargs = {"max_epochs": 1, "default_root_dir": str(run_dir), "num_sanity_val_steps": 0,
+              "gradient_clip_val": None, "enable_model_summary": not is_quiet(), **cfg.trainer,
+              "max_steps": plan.steps, "enable_checkpointing": False}
+    kwargs.update(strategy_kwargs(kwargs, AtomicCheckpointIO()))
+    try:
+        return pl.Trainer(logger=reporter.loggers, callbacks=callbacks, **kwargs)
+    except (MisconfigurationException, ValueError, TypeError) as exc:
+        raise SaefwError(f"trainer: {' '.join(str(exc).split())[:300]}") from None

@@ -1,0 +1,39 @@
+"""keep_freed_memory: a freed large block stays in the heap for the next allocation (glibc only)."""
+import platform
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import ctypes, torch
+from saefw.app.allocator import keep_freed_memory
+applied = keep_freed_memory()
+assert keep_freed_memory() is applied  # once per process
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Mallinfo2
+t = torch.ones(16 * 2**20)  # 64 MB: above glibc's largest default mmap threshold (32 MB)
+del t
+print(applied, libc.mallinfo2().fordblks)
+"""
+
+
+def _probe(env_value: str | None) -> tuple[bool, int]:
+    env = {"PATH": "/usr/bin:/bin"}
+    if env_value is not None:
+        env["SAEFW_KEEP_FREED_MEMORY"] = env_value
+    out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True)
+    applied, free = out.stdout.split()
+    return applied == "True", int(free)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt thresholds are glibc's")
+def test_a_freed_64mb_tensor_stays_in_the_heap_unless_turned_off():
+    applied, free = _probe(None)
+    assert applied and free >= 64 * 2**20
+    applied, free = _probe("0")
+    assert not applied and free < 64 * 2**20  # glibc's default: the block went back to the kernel
