@@ -91,9 +91,9 @@ def compose_run_config(arch: str, batch: int, d_sae: int, steps: int, overrides:
 
     from saefw.app.cli import conf_dir
     from saefw.registry import discover
-    from saefw.training.config import store_schema
+    from saefw.training.config import register_schema
 
-    store_schema()
+    register_schema()
     discover()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):

@@ -12,13 +12,13 @@ from omegaconf import OmegaConf
 from saefw.app.cli import conf_dir, normalise_overrides
 from saefw.errors import SaefwError
 from saefw.registry import FAMILIES, build, discover, entry, names
-from saefw.training.config import store_schema
+from saefw.training.config import register_schema
 from saefw.training.run import build_sae, check_combination
 
 
 @pytest.fixture(scope="module")
 def composer():
-    store_schema()
+    register_schema()
     discover()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
@@ -122,9 +122,9 @@ def test_compare_config_composes(composer):
 
 
 def test_evaluate_config_composes_with_every_source_and_evaluator(composer):
-    from saefw.evals.command import store_schema as store_evaluate_schema
+    from saefw.evals.command import register_schema as register_evaluate_schema
 
-    store_evaluate_schema()  # the evaluate command's own schema, as `python -m saefw.evaluate` stores it
+    register_evaluate_schema()  # the evaluate command's own schema, as `python -m saefw.evaluate` stores it
     cfg = compose(config_name="evaluate", overrides=["sae=/some/dir"])
     assert (cfg.sae, cfg.model, cfg.layer, cfg.site, cfg.source.name) == ("/some/dir", None, None, None, "hf")
     assert set(cfg.evaluators) == set(composer().evaluators)  # the same defaults as training
@@ -141,7 +141,7 @@ def test_evaluate_config_composes_with_every_source_and_evaluator(composer):
 def test_command_configs_compose_typed(composer, name):
     import importlib
 
-    importlib.import_module({"features": "saefw.features.command", "steer": "saefw.features.steer"}[name]).store_schema()
+    importlib.import_module({"features": "saefw.features.command", "steer": "saefw.features.steer"}[name]).register_schema()
     extra = ["feature=[3,7]", "scale=[4,-2]", "prompt=hi"] if name == "steer" else ["n_tokens=500"]
     cfg = compose(config_name=name, overrides=["run=/some/run", *extra])
     assert cfg.run == "/some/run"
@@ -183,9 +183,9 @@ def test_every_launcher_preset_composes(composer):
 
 
 def test_relations_config_composes_typed():
-    from saefw.relations.command import store_schema as store_relations_schema
+    from saefw.relations.command import register_schema as register_relations_schema
 
-    store_relations_schema()
+    register_relations_schema()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose(config_name="relations", overrides=["runs=[a,b]", "features=[[1,2],[3]]"],
@@ -201,9 +201,9 @@ def test_relations_config_composes_typed():
 
 
 def test_explain_config_composes_with_every_explainer():
-    from saefw.interp.command import store_schema as store_explain_schema
+    from saefw.interp.command import register_schema as register_explain_schema
 
-    store_explain_schema()
+    register_explain_schema()
     discover()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):

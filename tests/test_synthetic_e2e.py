@@ -6,7 +6,7 @@ from helpers import REPO, run_cli
 from hydra import compose, initialize_config_dir
 
 from saefw.registry import discover, names
-from saefw.training.config import store_schema
+from saefw.training.config import register_schema
 
 
 def test_cli_l1_recovers_synthetic_features(tmp_path):
@@ -34,7 +34,7 @@ def test_lm_keys_with_a_non_lm_source_are_an_error(tmp_path):
 
 @pytest.mark.parametrize("arch", ["l1", "gated", "topk", "jumprelu", "batchtopk"])
 def test_preset_composes_with_arch(arch):
-    store_schema()
+    register_schema()
     discover()
     assert arch in names("arch")
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):

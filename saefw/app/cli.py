@@ -181,23 +181,7 @@ def command(config_name: str, task: Callable[[Any, Path], Any], argv: list[str] 
             except (SaefwError, MissingMandatoryValue) as exc:
                 print(f"error: {user_error(exc)}", file=sys.stderr)
                 raise SystemExit(2) from None
-        _tally.jobs += 1
-        failed = True
-        try:
-            result = task(cfg, output_dir)
-            failed = False
-            return result
-        except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the sweep
-
-            exc = user_error(exc)
-            record = write_failed_record(output_dir, exc, cfg, list(hc.overrides.task), hc.job.get("num"))
-            _tally.failed.append(str(output_dir))
-            print(f"error: {record['error']}", file=sys.stderr)
-            log.warning("job %s failed; recorded in %s (the sweep goes on)", hc.job.get("num"),
-                        output_dir / "metrics.json")
-            return None
-        finally:
-            _end_wandb_run(failed)
+        return _multirun_job(task, cfg, output_dir, hc)
 
     gate = hold_stderr()  # Hydra's composition errors are condensed to one line (saefw.app.hydra_errors)
     try:
@@ -215,6 +199,26 @@ def command(config_name: str, task: Callable[[Any, Path], Any], argv: list[str] 
               file=sys.stderr)
         raise SystemExit(1)
     return result
+
+
+def _multirun_job(task: Callable[[Any, Path], Any], cfg, output_dir: Path, hc) -> Any:
+    """One job of a multirun: a failure (any exception) is recorded in its dir and returns None, so the sweep goes
+    on; its W&B run is closed either way."""
+    _tally.jobs += 1
+    failed = True
+    try:
+        result = task(cfg, output_dir)
+        failed = False
+        return result
+    except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the sweep
+        exc = user_error(exc)
+        record = write_failed_record(output_dir, exc, cfg, list(hc.overrides.task), hc.job.get("num"))
+        _tally.failed.append(str(output_dir))
+        print(f"error: {record['error']}", file=sys.stderr)
+        log.warning("job %s failed; recorded in %s (the sweep goes on)", hc.job.get("num"), output_dir / "metrics.json")
+        return None
+    finally:
+        _end_wandb_run(failed)
 
 
 def user_error(exc: BaseException) -> BaseException:

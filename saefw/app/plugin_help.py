@@ -9,7 +9,7 @@ code sees it::
         k: int | None = field(default=None, metadata={"help": "latents kept per token; null: the run's target L0"})
 
 ``conf/config.yaml``'s help template inserts :func:`options_text` through the ``saefw_plugin_options`` resolver
-(registered by :func:`saefw.training.config.store_schema`), so a plugin from ``plugins/`` or an entry point is listed like a
+(registered by :func:`saefw.training.config.register_schema`), so a plugin from ``plugins/`` or an entry point is listed like a
 built-in one. :func:`missing_help` names the fields without help (a test keeps it empty).
 """
 from __future__ import annotations

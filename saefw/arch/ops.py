@@ -86,7 +86,7 @@ def as_dense(f: Tensor | SparseLatents) -> Tensor:
     return f.dense() if isinstance(f, SparseLatents) else f
 
 
-def firing_stats(f: Tensor | SparseLatents) -> tuple[Tensor, Tensor]:
+def batch_firing(f: Tensor | SparseLatents) -> tuple[Tensor, Tensor]:
     """(fired [d_sae] bool, l0 = mean #{i : f_i > 0} per token) of a batch of latents, dense or sparse, without a
     host synchronisation. Dense: fired = max over tokens > 0 and a count of the positive entries (two cheap passes;
     a per-latent count would cast a B × d_sae bool matrix to integers, 3x slower)."""

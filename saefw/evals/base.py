@@ -8,7 +8,6 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from saefw.app.allocator import release_freed_memory
-from saefw.app.cli import on_command_line
 from saefw.registry import build
 
 log = logging.getLogger("saefw")
@@ -44,18 +43,17 @@ def usable(evaluator: Evaluator, source) -> bool:
     return all(getattr(source, attr, None) is not None for attr in evaluator.requires)
 
 
-def build_evaluators(cfg: DictConfig, source) -> list:
+def build_evaluators(cfg: DictConfig, source, named: bool = False) -> list:
     """The evaluators of ``cfg.evaluators`` that ``source`` can serve. One it cannot serve (``ground_truth``
     without known features, ``loss_recovered`` without a language model) is skipped: quietly when it came
-    from the default list, with a warning when the user named it (``evaluators=[...]`` on the command line)."""
-    asked = on_command_line("evaluators")
+    from the default list, with a warning when the user ``named`` the list (``evaluators=[...]``)."""
     evaluators = []
     for name, ev_cfg in (cfg.evaluators or {}).items():
         ev = build("evaluator", ev_cfg or {}, name=name)
         if usable(ev, source):
             evaluators.append(ev)
         else:
-            (log.warning if asked else log.debug)("evaluator %s skipped: source=%s provides no %s", name,
+            (log.warning if named else log.debug)("evaluator %s skipped: source=%s provides no %s", name,
                                                   cfg.source.name, "/".join(ev.requires))
     return evaluators
 

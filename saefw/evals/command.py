@@ -45,7 +45,7 @@ class EvaluateConfig:
     verbose: bool = False  # true: Lightning's and the other libraries' info lines and warnings too (saefw/app/quiet.py)
 
 
-def store_schema() -> None:
+def register_schema() -> None:
     ConfigStore.instance().store(name="saefw_evaluate_schema", node=EvaluateConfig)
 
 
@@ -144,7 +144,7 @@ def evaluate(cfg: DictConfig, out_dir: Path, clock: WallClock | None = None,
                          f"{where['model']} layer {where['layer']} {where['site']} gives d={source.d_in}")
     device = resolve_device(cfg.device)
     sae = sae.to(device)
-    evaluators = build_evaluators(cfg, source)
+    evaluators = build_evaluators(cfg, source, named=given("evaluators"))
     metrics = run_evaluators(sae, source, evaluators, cfg.eval_batch_size)
     record = {**{k: float(v) for k, v in metrics.items() if not torch.is_tensor(v) or v.ndim == 0},
               "arch": sae.plugin_name, "penalty": meta["penalty"] or "n/a", **where, "source": cfg.source.name,
@@ -160,6 +160,6 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m saefw.evaluate sae=<dir> [overrides]``."""
     from saefw.app.cli import command, job_clock, on_command_line
 
-    store_schema()
+    register_schema()
     command("evaluate", lambda cfg, out_dir: evaluate(cfg, out_dir, clock=job_clock(), given=on_command_line),
             argv)

@@ -62,7 +62,7 @@ class FeaturesConfig:
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
 
 
-def store_schema() -> None:
+def register_schema() -> None:
     ConfigStore.instance().store(name="saefw_features_schema", node=FeaturesConfig)
 
 
@@ -130,7 +130,7 @@ def activation_store(cfg, settings: dict, run_dir: Path | None = None) -> Activa
 def scan_text(cfg, lm, sae, settings: dict, run_dir: Path | None = None) -> tuple:
     """Scan ``settings['corpus']`` and derive what the store keeps: (tokens, stats, top, quantiles, scan meta).
     The contexts a float32 activation store holds (:func:`activation_store`) are read from it, not run."""
-    from saefw.features.firing import firing_stats
+    from saefw.features.firing import feature_statistics
     from saefw.features.quantiles import (
         histogram,
         quantile_edges,
@@ -157,7 +157,7 @@ def scan_text(cfg, lm, sae, settings: dict, run_dir: Path | None = None) -> tupl
     if len(result.tokens) < n_contexts:
         log.warning("the %s split of %s has only %d tokens (n_tokens=%d asked)", cfg.split, settings["corpus"],
                     result.n_tokens, cfg.n_tokens)
-    stats = firing_stats(result.fired, result.act_sum, result.max_act, result.n_tokens)
+    stats = feature_statistics(result.fired, result.act_sum, result.max_act, result.n_tokens)
     values = sample_values(result.sample)
     counts, hist_edges = histogram(values, stats["max_act"], stats["fired"], cfg.histogram_bins)
     stats.update(hist_counts=counts, hist_edges=hist_edges, hist_sampled=(~torch.isnan(values)).sum(1))
@@ -260,5 +260,5 @@ def print_summary(summary: dict, data) -> None:
 def main(argv: list[str] | None = None) -> None:
     from saefw.app.cli import command
 
-    store_schema()
+    register_schema()
     command("features", features, argv)

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 
-def firing_stats(fired: Tensor, act_sum: Tensor, max_act: Tensor, n_tokens: int) -> dict[str, Tensor]:
+def feature_statistics(fired: Tensor, act_sum: Tensor, max_act: Tensor, n_tokens: int) -> dict[str, Tensor]:
     """density_i = #{tokens with f_i > 0} / n_tokens;  mean_act_i = Σ f_i / n_tokens (over every scanned token);
     mean_act_firing_i = Σ f_i / #{f_i > 0} (over the tokens where it fires; 0 for a dead feature)."""
     n = max(n_tokens, 1)

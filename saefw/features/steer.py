@@ -36,7 +36,7 @@ class SteerConfig:
     device: str = "auto"
 
 
-def store_schema() -> None:
+def register_schema() -> None:
     ConfigStore.instance().store(name="saefw_steer_schema", node=SteerConfig)
 
 
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from saefw.app.cli import command
 
-    store_schema()
+    register_schema()
     command("steer", steer, quote_prompt(sys.argv[1:] if argv is None else argv))
 
 

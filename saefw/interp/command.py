@@ -20,8 +20,20 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, ListConfig, OmegaConf
 
+from saefw.app.device import resolve_device
 from saefw.app.wandb_settings import WandbSettings
 from saefw.errors import SaefwError
+from saefw.features import feature_store as store
+from saefw.features.dashboard import decode_tokens
+from saefw.interp import results as res
+from saefw.interp.examples import random_windows, split_examples, store_examples
+from saefw.interp.panel import write_explanations_panel
+from saefw.interp.parsing import parse_explanation
+from saefw.interp.prompts import explanation_messages
+from saefw.interp.scorers import make_scorers
+from saefw.interp.wandb_log import log_explanations
+from saefw.lm.embedded import resolve_model
+from saefw.registry import build
 
 log = logging.getLogger("saefw.explain")
 
@@ -49,7 +61,7 @@ class ExplainConfig:
     wandb: WandbSettings = field(default_factory=WandbSettings)
 
 
-def store_schema() -> None:
+def register_schema() -> None:
     ConfigStore.instance().store(name="saefw_explain_schema", node=ExplainConfig)
 
 
@@ -114,21 +126,50 @@ def random_activations(run_dir: Path, data, feats: list[int], n_contexts: int, s
     return torch.cat(parts), rows
 
 
+def explain_chunk(cfg, chunk: list[int], feats: list[int], data, token_text, randoms, chat, scorers
+                  ) -> tuple[list[dict], dict[int, list[dict]]]:
+    """Explain the features of ``chunk`` and score each explanation: (their result records, their transcripts).
+    ``randoms``: (latent activations of the random contexts [n, T, len(feats)], their rows) or (None, [])."""
+    f_random, rows = randoms
+    window = data.meta["window"]
+    sets, thresholds = {}, {}
+    for fid in chunk:
+        top, quantile = store_examples(data, fid, token_text)
+        quiet, anywhere = [], []
+        if f_random is not None:
+            col = feats.index(fid)
+            quiet, anywhere = random_windows(f_random[..., col], data.tokens[rows], rows, window["before"],
+                                             window["after"], token_text, random.Random(cfg.seed * 7919 + fid),
+                                             cfg.n_negative, cfg.n_sim_random)
+        sets[fid] = split_examples(top, quantile, quiet, anywhere, cfg.n_explain, cfg.n_positive,
+                                   cfg.n_negative, cfg.n_sim_positive, cfg.n_sim_random,
+                                   cfg.n_explain_quantile)
+        thresholds[fid] = cfg.highlight * max(e.max_act for e in sets[fid].explain)
+    asked = [(explanation_messages(sets[f].explain, thresholds[f]), cfg.explanation_tokens) for f in chunk]
+    answers = chat.complete_many(asked, desc=f"explaining {len(chunk)} features")
+    explanations = {f: parse_explanation(a.text) for f, a in zip(chunk, answers)}
+    transcripts = {f: [{"task": "explanation", "messages": m, "answer": a.text}]
+                   for f, (m, _), a in zip(chunk, asked, answers)}
+    jobs = [(f, s, s.tasks(sets[f], explanations[f], thresholds[f], random.Random(cfg.seed * 104729 + f)))
+            for f in chunk for s in scorers]
+    flat = [(t.messages, t.max_tokens) for _, _, tasks in jobs for t in tasks]
+    replies = iter(chat.complete_many(flat, desc=f"scoring {len(chunk)} explanations"))
+    scores: dict[int, dict] = {f: {} for f in chunk}
+    for f, scorer, tasks in jobs:
+        texts = [next(replies).text for _ in tasks]
+        scores[f][scorer.name] = scorer.score(tasks, texts) if tasks else None
+        transcripts[f] += [{"task": scorer.name, "messages": t.messages, "answer": a, "truth": t.truth,
+                            "items": t.items} for t, a in zip(tasks, texts)]
+    now = time.strftime("%Y-%m-%dT%H:%M:%S")
+    records = [{"feature": f, "explanation": explanations[f], "answer": a.text, "explainer": chat.describe(),
+                "threshold": thresholds[f], "examples": sets[f].refs(),
+                "scores": {k: v for k, v in scores[f].items() if v is not None}, "updated": now}
+               for f, a in zip(chunk, answers)]
+    return records, transcripts
+
+
 def explain(cfg, output_dir: Path | None = None) -> dict:
     """The command (see the module docstring)."""
-    from saefw.app.device import resolve_device
-    from saefw.features import feature_store as store
-    from saefw.features.dashboard import decode_tokens
-    from saefw.interp import results as res
-    from saefw.interp.examples import random_windows, split_examples, store_examples
-    from saefw.interp.panel import write_panel
-    from saefw.interp.parsing import parse_explanation
-    from saefw.interp.prompts import explanation_messages
-    from saefw.interp.scorers import make_scorers
-    from saefw.interp.wandb_log import log_explanations
-    from saefw.lm.embedded import resolve_model
-    from saefw.registry import build
-
     check_settings(cfg)
     wandb = WandbSettings(**OmegaConf.to_container(cfg.wandb, resolve=True))
     wandb.check_mode()
@@ -145,7 +186,6 @@ def explain(cfg, output_dir: Path | None = None) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(data.meta["sae"]["model"]), local_files_only=True)
     token_text = decode_tokens(tokenizer)
-    window = data.meta["window"]
     need_random = any(s.name in ("detection", "simulation") for s in scorers) and (cfg.n_negative or cfg.n_sim_random)
     device = resolve_device(cfg.device)
     f_random, rows = (random_activations(run_dir, data, feats, cfg.random_contexts, cfg.seed, device)
@@ -154,39 +194,7 @@ def explain(cfg, output_dir: Path | None = None) -> dict:
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     for start in range(0, len(feats), cfg.chunk_features):
         chunk = feats[start:start + cfg.chunk_features]
-        sets, thresholds = {}, {}
-        for k, fid in enumerate(chunk):
-            top, quantile = store_examples(data, fid, token_text)
-            quiet, anywhere = [], []
-            if f_random is not None:
-                col = feats.index(fid)
-                quiet, anywhere = random_windows(f_random[..., col], data.tokens[rows], rows, window["before"],
-                                                 window["after"], token_text, random.Random(cfg.seed * 7919 + fid),
-                                                 cfg.n_negative, cfg.n_sim_random)
-            sets[fid] = split_examples(top, quantile, quiet, anywhere, cfg.n_explain, cfg.n_positive,
-                                       cfg.n_negative, cfg.n_sim_positive, cfg.n_sim_random,
-                                       cfg.n_explain_quantile)
-            thresholds[fid] = cfg.highlight * max(e.max_act for e in sets[fid].explain)
-        asked = [(explanation_messages(sets[f].explain, thresholds[f]), cfg.explanation_tokens) for f in chunk]
-        answers = chat.complete_many(asked, desc=f"explaining {len(chunk)} features")
-        explanations = {f: parse_explanation(a.text) for f, a in zip(chunk, answers)}
-        transcripts = {f: [{"task": "explanation", "messages": m, "answer": a.text}]
-                       for f, (m, _), a in zip(chunk, asked, answers)}
-        jobs = [(f, s, s.tasks(sets[f], explanations[f], thresholds[f], random.Random(cfg.seed * 104729 + f)))
-                for f in chunk for s in scorers]
-        flat = [(t.messages, t.max_tokens) for _, _, tasks in jobs for t in tasks]
-        replies = iter(chat.complete_many(flat, desc=f"scoring {len(chunk)} explanations"))
-        scores: dict[int, dict] = {f: {} for f in chunk}
-        for f, scorer, tasks in jobs:
-            texts = [next(replies).text for _ in tasks]
-            scores[f][scorer.name] = scorer.score(tasks, texts) if tasks else None
-            transcripts[f] += [{"task": scorer.name, "messages": t.messages, "answer": a, "truth": t.truth,
-                                "items": t.items} for t, a in zip(tasks, texts)]
-        now = time.strftime("%Y-%m-%dT%H:%M:%S")
-        records = [{"feature": f, "explanation": explanations[f], "answer": a.text, "explainer": chat.describe(),
-                    "threshold": thresholds[f], "examples": sets[f].refs(),
-                    "scores": {k: v for k, v in scores[f].items() if v is not None}, "updated": now}
-                   for f, a in zip(chunk, answers)]
+        records, transcripts = explain_chunk(cfg, chunk, feats, data, token_text, (f_random, rows), chat, scorers)
         res.merge(results, records)
         for f in chunk:
             res.write_transcript(run_dir, f, transcripts[f])
@@ -201,7 +209,7 @@ def explain(cfg, output_dir: Path | None = None) -> dict:
     json_path, csv_path = res.write_results(run_dir, results)
     page = None
     if cfg.dashboard and (run_dir / "dashboard" / "index.html").is_file():
-        page = write_panel(run_dir / "dashboard", results)
+        page = write_explanations_panel(run_dir / "dashboard", results)
     wandb_dir = log_explanations(results, feats, res.folder(run_dir), wandb, usage, chat.describe())
     summary = {"features": feats, "json": str(json_path), "csv": str(csv_path),
                "dashboard": None if page is None else str(page), "wandb": None if wandb_dir is None else str(wandb_dir),
@@ -237,5 +245,5 @@ def print_summary(summary: dict, results: dict, explainer: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     from saefw.app.cli import command
 
-    store_schema()
+    register_schema()
     command("explain", explain, argv)

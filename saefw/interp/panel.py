@@ -41,7 +41,7 @@ _SCRIPT = r"""(function () {
 """
 
 
-def write_panel(dashboard_dir: Path, results: dict) -> Path:
+def write_explanations_panel(dashboard_dir: Path, results: dict) -> Path:
     """Install (or refresh) the explanation panel in the dashboard at ``dashboard_dir``."""
     data = {fid: flat_row(rec) for fid, rec in results["features"].items()}
     text = json.dumps(data, separators=(",", ":"), ensure_ascii=False).replace("</", "<\\/")

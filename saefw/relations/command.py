@@ -21,7 +21,23 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, ListConfig
 
+from saefw.app.device import resolve_device
 from saefw.errors import SaefwError
+from saefw.io.saved import load_sae
+from saefw.lm.model import LanguageModel
+from saefw.relations import graph as graph_mod
+from saefw.relations.ablation import ablation_effects, select_sources, source_firing
+from saefw.relations.decoder_cosine import best_matches
+from saefw.relations.panel import write_relations_panel
+from saefw.relations.table import (
+    RunInfo,
+    cosine_edges,
+    cosine_effect_note,
+    effect_edges,
+    relations_record,
+    strongest,
+    write_relations,
+)
 
 log = logging.getLogger("saefw.relations")
 
@@ -48,7 +64,7 @@ class RelationsConfig:
     dashboards: bool = True  # add the relations panel to each run's dashboard
 
 
-def store_schema() -> None:
+def register_schema() -> None:
     ConfigStore.instance().store(name="saefw_relations_schema", node=RelationsConfig)
 
 
@@ -135,25 +151,65 @@ def top_token_labels(folder: Path, tokenizer, run: int, feats: set[int]) -> dict
     return out
 
 
+def pair_relations(cfg, k: int, up, down, infos: list, lm, contexts, sources) -> tuple[dict, list[dict]]:
+    """Relations of run ``k``'s SAE (``up``) to run ``k+1``'s (``down``): decoder cosine (same width only) and the
+    effects of ablating ``sources`` (None: the top-firing ones) upstream on the downstream latents: (the pair's
+    record, its edges)."""
+    edges = []
+    up_point, down_point = (infos[k].layer, infos[k].site), (infos[k + 1].layer, infos[k + 1].site)
+    same_width = up.d_in == down.d_in
+    if same_width:
+        edges = cosine_edges(best_matches(up.decoder_directions, down.decoder_directions, cfg.cosine_k), k, k + 1)
+    else:
+        log.warning("%s and %s have different widths: no decoder cosine", infos[k].label, infos[k + 1].label)
+    firing = source_firing(lm, up, up_point, contexts, cfg.batch_contexts)
+    sources = sources if sources is not None else select_sources(firing, cfg.top_m, cfg.max_density)
+    effects = ablation_effects(lm, up, up_point, down, down_point, contexts, sources, firing.in_context,
+                               cfg.batch_rows, states=firing.states)
+    firing.states = None  # N × T × d floats: free them before the next pair's pass
+    edges += effect_edges(effects, firing, k, k + 1, cfg.effect_k,
+                          up.decoder_directions if same_width else None,
+                          down.decoder_directions if same_width else None)
+    pair = {"source_run": k, "target_run": k + 1, "sources": effects.sources, "n_tokens": effects.n_tokens,
+            "n_contexts": len(contexts), "rows": effects.rows, "resumed": effects.resumed}
+    return pair, edges
+
+
+def write_figures(cfg, record: dict, edges: list[dict], runs: list, infos: list, tokenizer, out_dir: Path,
+                  model: str) -> tuple[Path, Path, list[str], list[dict]]:
+    """The effect graph as PNG and HTML (features labelled by their top tokens, linked to their dashboards) and a
+    relations panel in each run's dashboard: (png, html, panels, the strongest edges as table rows)."""
+    nodes: dict[int, set[int]] = {}
+    for e in edges:
+        if e["kind"] == "effect":
+            nodes.setdefault(e["source_run"], set()).add(e["source"])
+            nodes.setdefault(e["target_run"], set()).add(e["target"])
+    labels = {}
+    for k, feats in nodes.items():
+        labels.update(top_token_labels(runs[k][0], tokenizer, k, feats))
+    hrefs = {i.index: graph_mod.relative_href(out_dir, i.dashboard) for i in infos if i.dashboard}
+    graph = graph_mod.build_graph(record, labels, hrefs, max_edges=cfg.graph_edges)
+    title = f"Feature relations by effect: {' → '.join(i.label for i in infos)} of {model}"
+    png = graph_mod.write_png(graph, out_dir / "relations.png", title)
+
+    def name(run: int, f: int) -> str:
+        text = labels.get((run, f))
+        return f"{infos[run].label} #{f}" + (f" ({text})" if text else "")
+
+    top_edges = strongest(record, "effect", 50)
+    table = [{"source": name(e["source_run"], e["source"]), "target": name(e["target_run"], e["target"]),
+              "value": e["value"], "fraction": e["fraction"], "cosine": e["cosine"]} for e in top_edges]
+    html = graph_mod.write_html(graph, out_dir / "relations.html", title, table)
+    panels = []
+    if cfg.dashboards:
+        for info in infos:
+            if info.dashboard:
+                panels.append(str(write_relations_panel(record, info.index, Path(info.dashboard).parent, html)))
+    return png, html, panels, table
+
+
 def relations(cfg, output_dir: Path | None = None) -> dict:
     """The command (see the module docstring)."""
-    from saefw.app.device import resolve_device
-    from saefw.io.saved import load_sae
-    from saefw.lm.model import LanguageModel
-    from saefw.relations import graph as graph_mod
-    from saefw.relations.ablation import ablation_effects, select_sources, source_firing
-    from saefw.relations.decoder_cosine import best_matches
-    from saefw.relations.panel import write_panel
-    from saefw.relations.table import (
-        RunInfo,
-        cosine_edges,
-        cosine_effect_note,
-        effect_edges,
-        relations_record,
-        strongest,
-        write_relations,
-    )
-
     check_settings(cfg)
     runs = check_runs(cfg.runs)
     out_dir = Path(cfg.out if cfg.out else output_dir).expanduser()
@@ -179,57 +235,16 @@ def relations(cfg, output_dir: Path | None = None) -> dict:
                              d_sae=sae.d_sae, dashboard=str(page) if page.is_file() else None))
     pairs, edges = [], []
     for k in range(len(runs) - 1):
-        up, down = saes[k], saes[k + 1]
-        up_point, down_point = (infos[k].layer, infos[k].site), (infos[k + 1].layer, infos[k + 1].site)
-        same_width = up.d_in == down.d_in
-        if same_width:
-            edges += cosine_edges(best_matches(up.decoder_directions, down.decoder_directions, cfg.cosine_k), k, k + 1)
-        else:
-            log.warning("%s and %s have different widths: no decoder cosine", infos[k].label, infos[k + 1].label)
-        firing = source_firing(lm, up, up_point, contexts, cfg.batch_contexts)
-        sources = chosen[k] if chosen[k] is not None else select_sources(firing, cfg.top_m, cfg.max_density)
-        effects = ablation_effects(lm, up, up_point, down, down_point, contexts, sources, firing.in_context,
-                                   cfg.batch_rows, states=firing.states)
-        firing.states = None  # N × T × d floats: free them before the next pair's pass
-        edges += effect_edges(effects, firing, k, k + 1, cfg.effect_k,
-                              up.decoder_directions if same_width else None,
-                              down.decoder_directions if same_width else None)
-        pairs.append({"source_run": k, "target_run": k + 1, "sources": effects.sources, "n_tokens": effects.n_tokens,
-                      "n_contexts": len(contexts), "rows": effects.rows,
-                      "resumed": effects.resumed})
+        pair, pair_edges = pair_relations(cfg, k, saes[k], saes[k + 1], infos, lm, contexts, chosen[k])
+        pairs.append(pair)
+        edges += pair_edges
     settings = {"corpus": corpus, "split": cfg.split, "heldout_fraction": cfg.heldout_fraction,
                 "context_size": context_size, "n_tokens": cfg.n_tokens, "top_m": cfg.top_m,
                 "max_density": cfg.max_density, "features": chosen if cfg.features is not None else None,
                 "effect_k": cfg.effect_k, "cosine_k": cfg.cosine_k}
     record = relations_record(infos, pairs, edges, settings)
     json_path, csv_path = write_relations(out_dir, record)
-
-    nodes: dict[int, set[int]] = {}
-    for e in edges:
-        if e["kind"] == "effect":
-            nodes.setdefault(e["source_run"], set()).add(e["source"])
-            nodes.setdefault(e["target_run"], set()).add(e["target"])
-    labels = {}
-    for k, feats in nodes.items():
-        labels.update(top_token_labels(runs[k][0], lm.tokenizer, k, feats))
-    hrefs = {i.index: graph_mod.relative_href(out_dir, i.dashboard) for i in infos if i.dashboard}
-    graph = graph_mod.build_graph(record, labels, hrefs, max_edges=cfg.graph_edges)
-    title = f"Feature relations by effect: {' → '.join(i.label for i in infos)} of {first['model']}"
-    png = graph_mod.write_png(graph, out_dir / "relations.png", title)
-
-    def name(run: int, f: int) -> str:
-        text = labels.get((run, f))
-        return f"{infos[run].label} #{f}" + (f" ({text})" if text else "")
-
-    top_edges = strongest(record, "effect", 50)
-    table = [{"source": name(e["source_run"], e["source"]), "target": name(e["target_run"], e["target"]),
-              "value": e["value"], "fraction": e["fraction"], "cosine": e["cosine"]} for e in top_edges]
-    html = graph_mod.write_html(graph, out_dir / "relations.html", title, table)
-    panels = []
-    if cfg.dashboards:
-        for info in infos:
-            if info.dashboard:
-                panels.append(str(write_panel(record, info.index, Path(info.dashboard).parent, html)))
+    png, html, panels, table = write_figures(cfg, record, edges, runs, infos, lm.tokenizer, out_dir, first["model"])
     summary = {"out": str(out_dir), "json": str(json_path), "csv": str(csv_path), "html": str(html),
                "png": str(png), "dashboards": panels,
                "edges": {"cosine": sum(e["kind"] == "cosine" for e in edges),
@@ -256,5 +271,5 @@ def print_summary(summary: dict, top: list[dict], note: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     from saefw.app.cli import command
 
-    store_schema()
+    register_schema()
     command("relations", relations, argv)

@@ -98,7 +98,7 @@ def panel_data(record: dict, run: int, dashboard_dir: Path, graph_html: Path) ->
             "runs": " \u2192 ".join(r["label"] for r in runs), "features": feats}
 
 
-def write_panel(record: dict, run: int, dashboard_dir: Path, graph_html: Path) -> Path:
+def write_relations_panel(record: dict, run: int, dashboard_dir: Path, graph_html: Path) -> Path:
     """Install the panel in the dashboard at ``dashboard_dir``; returns its index.html."""
     data = json.dumps(panel_data(record, run, dashboard_dir, graph_html), separators=(",", ":"),
                       ensure_ascii=False).replace("</", "<\\/")

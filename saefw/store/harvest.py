@@ -45,23 +45,8 @@ def fill_stores(lm, stores: list[ActivationStore], documents: Callable[[], Itera
         for store in sorted(stores, key=lambda s: str(s.path)):
             store.path.parent.mkdir(parents=True, exist_ok=True)
             locks.enter_context(store.lock)
-        todo: dict[int, set[int]] = {}  # store index -> shard indices to (re)write
-        for i, store in enumerate(stores):
-            m = store.manifest()
-            if m is None:
-                have = 0
-            elif m.exhausted or m.n_contexts >= want_contexts:
-                have = len(m.shards)
-            else:  # only the last shard can be short (an earlier, smaller budget): harvest it again in full
-                have = sum(1 for s in m.shards if s.n_contexts == shard_contexts)
-            bad = store.corrupt_shards()
-            for j in bad:
-                log.warning("activation store shard %s is corrupt (checksum mismatch); harvesting it again",
-                            store.path / m.shards[j].file)
-            more = [] if (m and m.exhausted) else range(have, want_shards)
-            if bad or more:
-                todo[i] = set(bad) | set(more)
-                report.repaired += len(bad)
+        todo = {i: js for i, store in enumerate(stores)
+                if (js := _shards_to_write(store, want_contexts, want_shards, shard_contexts, report))}
         if not todo:
             return report
         if callable(lm):
@@ -99,6 +84,26 @@ def fill_stores(lm, stores: list[ActivationStore], documents: Callable[[], Itera
             log.info("harvested %d tokens at %d hook point(s) in %.1f s (%.0f tokens/s)", report.tokens,
                      len(todo), report.seconds, report.tokens / max(report.seconds, 1e-9))
     return report
+
+
+def _shards_to_write(store: ActivationStore, want_contexts: int, want_shards: int, shard_contexts: int,
+                     report: HarvestReport) -> set[int]:
+    """The shard indices ``store`` must (re)write to hold ``want_contexts``: the missing ones, a short last one of
+    an earlier, smaller budget, and corrupt ones (counted in ``report.repaired``)."""
+    m = store.manifest()
+    if m is None:
+        have = 0
+    elif m.exhausted or m.n_contexts >= want_contexts:
+        have = len(m.shards)
+    else:  # only the last shard can be short (an earlier, smaller budget): harvest it again in full
+        have = sum(1 for s in m.shards if s.n_contexts == shard_contexts)
+    bad = store.corrupt_shards()
+    for j in bad:
+        log.warning("activation store shard %s is corrupt (checksum mismatch); harvesting it again",
+                    store.path / m.shards[j].file)
+    more = [] if (m and m.exhausted) else range(have, want_shards)
+    report.repaired += len(bad) if (bad or more) else 0
+    return set(bad) | set(more)
 
 
 def _harvest_shard(lm, contexts: torch.Tensor, stores: list[ActivationStore], forward_batch: int,

@@ -4,10 +4,10 @@ from __future__ import annotations
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import Container, OmegaConf
 
-from saefw.app.cli import command, job_clock
+from saefw.app.cli import command, job_clock, on_command_line
 from saefw.app.failures import check_finite
 from saefw.errors import SaefwError
-from saefw.training.config import store_schema
+from saefw.training.config import register_schema
 from saefw.training.objective import parse_objective
 from saefw.training.run import run
 
@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> None:
             sweeper = hc.sweeper._target_.rsplit(".", 1)[-1]
             raise SaefwError(f"hydra.sweeper={sweeper} optimises the job's return value, but objective is null: "
                              f"set e.g. objective=[l0,ce_loss_recovered] (see README)")
-        record = run(cfg, output_dir, clock=job_clock())
+        record = run(cfg, output_dir, clock=job_clock(), given=on_command_line)
         check_finite(record)
         return record if objective is None else objective.values(record)
 
-    command("config", train, argv, schema=store_schema)
+    command("config", train, argv, schema=register_schema)

@@ -79,7 +79,7 @@ def run_tag(source: str, layer, site) -> str:
     return f"L{layer}_{site}" if source == "hf" else str(source)
 
 
-def store_schema() -> None:
+def register_schema() -> None:
     from omegaconf import OmegaConf
 
     OmegaConf.register_new_resolver("saefw_tag", run_tag, replace=True)

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from saefw.app.distributed import check_global_batch
 from saefw.arch.base import compose_loss
-from saefw.arch.ops import firing_stats
+from saefw.arch.ops import batch_firing
 from saefw.errors import SaefwError
 from saefw.evals.base import run_evaluators
 from saefw.training.sparsity import SparsityController
@@ -162,7 +162,7 @@ class SAEModule(pl.LightningModule):
         out = compose_loss(self.sae.train_forward(x, dead_mask=self.dead_mask()), self.penalty, coeff)
         world = self._world()
         with torch.no_grad():
-            fired, l0 = firing_stats(out.f)
+            fired, l0 = batch_firing(out.f)
             stats = {"l0": l0, "loss": out.loss.detach(), **out.terms}
             loss_bad = ~torch.isfinite(out.loss.detach())
             if world > 1:

@@ -3,16 +3,24 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from saefw.app.allocator import release_freed_memory
 from saefw.app.atomic import write_text
-from saefw.app.cli import on_command_line
 from saefw.app.clock import PhaseTimer, WallClock
+from saefw.app.distributed import (
+    check_accelerator,
+    check_global_batch,
+    end_process_group,
+    is_global_zero,
+    strategy_kwargs,
+)
 from saefw.app.quiet import is_quiet
 from saefw.app.summary import print_summary
 from saefw.errors import SaefwError
@@ -21,11 +29,11 @@ from saefw.io.saved import save_sae
 from saefw.penalties.base import PenaltyConfig
 from saefw.registry import FAMILIES, build, discover, entry
 from saefw.sources.base import RunSpec
+from saefw.training.checkpoint import AtomicCheckpointIO, Checkpointer, Resume, check_identity, clear, find_resume
+from saefw.training.module import ActivationDataModule, EvalCallback, SAEModule, TokenProgressBar
 from saefw.training.plan import RunPlan
 from saefw.training.reporting import Reporter
-
-if TYPE_CHECKING:
-    from saefw.training.checkpoint import Resume
+from saefw.training.sparsity import SparsityController
 
 log = logging.getLogger("saefw")
 LM_KEYS = ("model", "layer", "site")
@@ -40,9 +48,9 @@ def check_combination(arch: str, penalty: str) -> None:
                          f"{', '.join(allowed)}")
 
 
-def check_lm_keys(cfg: DictConfig) -> None:
+def check_lm_keys(cfg: DictConfig, given: Callable[[str], bool]) -> None:
     """``model``/``layer``/``site`` only mean something to sources that read a language model."""
-    given = [k for k in LM_KEYS if on_command_line(k)]
+    given = [k for k in LM_KEYS if given(k)]
     if given and not entry("source", cfg.source.name).cls.needs_model:
         raise SaefwError(f"{', '.join(f'{k}={cfg[k]}' for k in given)}: source={cfg.source.name} reads no "
                          f"language model, so {'/'.join(LM_KEYS)} have no effect; they apply to LM sources "
@@ -74,8 +82,6 @@ def build_sae(cfg: DictConfig, d_in: int, penalty):
 def sparsity_control(cfg: DictConfig, sae, penalty, steps: int):
     """(the run's L0 target, its λ controller): k for the top-k archs; for a penalised arch the target λ is
     steered to (null when ``sparsity.adapt`` is off: λ stays ``penalty.coefficient``)."""
-    from saefw.training.sparsity import SparsityController
-
     penalised = isinstance(penalty.cfg, PenaltyConfig)  # the top-k archs' "none" penalty has no λ
     target = sae.k if hasattr(sae, "k") else (
         sparsity_target(cfg, sae.d_sae) if penalised and cfg.sparsity.adapt else None)
@@ -88,8 +94,6 @@ def find_checkpoint(cfg: DictConfig, run_dir: Path, steps: int, zero: bool) -> R
     """The checkpoint this run continues from. ``resume``: null (default) continues when ``run_dir`` holds a
     checkpoint (re-running a command with the same ``hydra.run.dir``, or a requeued cluster job); true insists
     on one; false starts over, removing the checkpoints of an earlier attempt."""
-    from saefw.training.checkpoint import clear, find_resume
-
     folder = run_dir / "checkpoints"
     mode = cfg.get("resume")
     if mode is False:
@@ -105,49 +109,26 @@ def find_checkpoint(cfg: DictConfig, run_dir: Path, steps: int, zero: bool) -> R
     return found
 
 
-def run(cfg: DictConfig, run_dir: Path, clock: WallClock | None = None) -> dict:
+def nothing_given(key: str) -> bool:
+    """The ``given`` of a library call: the caller set no key itself."""
+    return False
+
+
+def run(cfg: DictConfig, run_dir: Path, clock: WallClock | None = None,
+        given: Callable[[str], bool] = nothing_given) -> dict:
     """Train and evaluate one SAE; writes sae_weights, cfg.json, config.yaml, metrics.json into ``run_dir``.
 
     ``clock``: where the record's ``wall_seconds`` (and its ``startup`` phase) count from; the command passes the
-    process start (a multirun: the job's start); default: this call. Under data parallelism every rank runs this;
-    only global rank 0 evaluates and writes (the others return an empty record)."""
+    process start (a multirun: the job's start); default: this call. ``given(key)``: whether the user set ``key``
+    (the command passes the command line's): ``layer=`` given to a source without a model is then an error and an
+    evaluator the source cannot serve a warning. Under data parallelism every rank runs this; only global rank 0
+    evaluates and writes (the others return an empty record)."""
     clock = clock or WallClock.now()
-    import pytorch_lightning as pl
-
-    from saefw.app.distributed import (
-        check_accelerator,
-        check_global_batch,
-        end_process_group,
-        is_global_zero,
-    )
-    from saefw.training.checkpoint import check_identity
-    from saefw.training.module import ActivationDataModule, EvalCallback, SAEModule
-
     discover()
     zero = is_global_zero()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if zero:
-        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    for family in ("source", "arch", "penalty"):
-        entry(family, cfg[FAMILIES[family]].name)
-    check_combination(cfg.arch.name, cfg.penalty.name)
-    check_lm_keys(cfg)
-    check_accelerator(cfg.trainer.get("accelerator", "auto"))
-    plan = RunPlan.from_config(cfg)
-    resume = find_checkpoint(cfg, run_dir, plan.steps, zero)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-
-    # plugins and data
+    plan, resume = _prepare(cfg, run_dir, zero, given)
     timer = PhaseTimer(clock, announce=(lambda line: print(line, flush=True)) if zero else None)
-    with timer("model_load"):  # an LM source reads the model's config here and loads the weights when first needed
-        source = build("source", cfg.source, spec=RunSpec(seed=cfg.seed, train_tokens=plan.tokens))
-    source.on_model_load = lambda seconds: timer.charge("model_load", seconds)
-    with timer("init", announce=False):  # the SAE and the evaluators first: a bad option fails before the data
-        penalty = build("penalty", cfg.penalty)
-        sae = build_sae(cfg, source.d_in, penalty)
-        evaluators = build_evaluators(cfg, source) if zero else []  # only rank 0 evaluates
+    source, penalty, sae, evaluators = _build_plugins(cfg, plan, timer, zero, given)
     with timer("data_setup", parts=lambda: {"harvest": source.harvest_seconds}):  # fingerprints, store, harvest
         source.setup()
     data = ActivationDataModule(source, plan.batch_size, plan.steps)
@@ -158,26 +139,85 @@ def run(cfg: DictConfig, run_dir: Path, clock: WallClock | None = None) -> dict:
         target, controller = sparsity_control(cfg, sae, penalty, plan.steps)
         module = SAEModule(sae, penalty, controller, cfg.train, plan.steps)
         module.rank_facts = lambda: [source.harvest_seconds, float(source.store_status == "miss")]
-        provenance = {**source.describe(), "source": cfg.source.name, "penalty": cfg.penalty.name,
-                      "penalty_config": OmegaConf.to_container(cfg.penalty, resolve=True), "seed": cfg.seed}
-        lm_keys = {k: cfg[k] if entry("source", cfg.source.name).cls.needs_model else None for k in LM_KEYS}
-        identity = {"arch": cfg.arch.name, "penalty": cfg.penalty.name, "source": cfg.source.name, **lm_keys,
-                    "d_in": source.d_in, "d_sae": sae.d_sae, "seed": cfg.seed, "steps": plan.steps,
-                    "batch_size": plan.batch_size}
-        # what else shapes the training: a rerun in a finished run's dir with another target or lr is a new run
-        training = {"target_l0": target, "arch_config": OmegaConf.to_container(cfg.arch, resolve=True),
-                    "penalty_config": OmegaConf.to_container(cfg.penalty, resolve=True),
-                    "sparsity": OmegaConf.to_container(cfg.sparsity, resolve=True),
-                    **{f"train.{k}": cfg.train[k] for k in TRAINING_KEYS}}
-        full_identity = {**identity, **training}
+        base, identity = run_identity(cfg, source, sae, plan, target)
         if resume is not None:
-            check_identity(resume, full_identity)
-        base = {**{k: v for k, v in identity.items() if k not in ("steps", "batch_size")}, "target_l0": target}
+            check_identity(resume, identity)
         reporter = Reporter(cfg, run_dir, base, write=zero, resume_state=resume.state if resume else None,
                             resume_step=resume.step if resume else None, clock=clock)
-        trainer = _trainer(cfg, plan, run_dir, source, evaluators, reporter, full_identity)
+        trainer = _trainer(cfg, plan, run_dir, source, evaluators, reporter, identity)
     check_global_batch(plan.batch_size, trainer.world_size)  # before any other rank is started
-    data_record = {"activation_store": source.store_status}
+    provenance = {**source.describe(), "source": cfg.source.name, "penalty": cfg.penalty.name,
+                  "penalty_config": OmegaConf.to_container(cfg.penalty, resolve=True), "seed": cfg.seed}
+    _fit(trainer, module, data, resume, timer,
+         on_interrupt=lambda: _save_interrupted(trainer, sae, run_dir, provenance, reporter, source, plan, timer))
+    if not trainer.is_global_zero:
+        return {}
+    with timer("evaluate"):
+        metrics = _final_evaluation(cfg, trainer, sae, module, source, evaluators, head, plan)
+    with timer("save"):
+        reporter.log_eval(metrics, trainer.global_step, periodic=False)
+        save_sae(sae, run_dir, provenance)
+        reporter.plot(metrics)
+    record = reporter.record(metrics, trainer.global_step, plan.tokens, False, **_data_record(source, module),
+                             harvest_seconds=round(source.harvest_seconds, 1),
+                             train_seconds=round(timer.seconds["train"] + timer.seconds["periodic_evaluate"], 1),
+                             final_coefficient=controller.coefficient(plan.steps),
+                             tokens_trained=int(module.tokens_trained), resumed_from=resume.step if resume else None,
+                             timings=timer.seconds, **_rank_record(trainer, module))
+    reporter.write(record)
+    print_summary(record, run_dir)
+    return record
+
+
+def _prepare(cfg: DictConfig, run_dir: Path, zero: bool, given: Callable[[str], bool]) -> tuple:
+    """Checks that need no data, the run's plan and the checkpoint it continues from: (plan, resume or None)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if zero:
+        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    for family in ("source", "arch", "penalty"):
+        entry(family, cfg[FAMILIES[family]].name)
+    check_combination(cfg.arch.name, cfg.penalty.name)
+    check_lm_keys(cfg, given)
+    check_accelerator(cfg.trainer.get("accelerator", "auto"))
+    plan = RunPlan.from_config(cfg)
+    resume = find_checkpoint(cfg, run_dir, plan.steps, zero)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    return plan, resume
+
+
+def _build_plugins(cfg: DictConfig, plan: RunPlan, timer: PhaseTimer, zero: bool, given: Callable[[str], bool]):
+    """(source, penalty, sae, evaluators); the SAE and the evaluators before the data, so that a bad option fails
+    before anything is harvested."""
+    with timer("model_load"):  # an LM source reads the model's config here and loads the weights when first needed
+        source = build("source", cfg.source, spec=RunSpec(seed=cfg.seed, train_tokens=plan.tokens))
+    source.on_model_load = lambda seconds: timer.charge("model_load", seconds)
+    with timer("init", announce=False):
+        penalty = build("penalty", cfg.penalty)
+        sae = build_sae(cfg, source.d_in, penalty)
+        # only rank 0 evaluates
+        evaluators = build_evaluators(cfg, source, named=given("evaluators")) if zero else []
+    return source, penalty, sae, evaluators
+
+
+def run_identity(cfg: DictConfig, source, sae, plan: RunPlan, target) -> tuple[dict, dict]:
+    """(what every record of the run carries, what makes it this run): a rerun in a finished run's dir with
+    another target or lr is a new run, and resuming a checkpoint of another one is refused."""
+    lm_keys = {k: cfg[k] if entry("source", cfg.source.name).cls.needs_model else None for k in LM_KEYS}
+    identity = {"arch": cfg.arch.name, "penalty": cfg.penalty.name, "source": cfg.source.name, **lm_keys,
+                "d_in": source.d_in, "d_sae": sae.d_sae, "seed": cfg.seed, "steps": plan.steps,
+                "batch_size": plan.batch_size}
+    training = {"target_l0": target, "arch_config": OmegaConf.to_container(cfg.arch, resolve=True),
+                "penalty_config": OmegaConf.to_container(cfg.penalty, resolve=True),
+                "sparsity": OmegaConf.to_container(cfg.sparsity, resolve=True),
+                **{f"train.{k}": cfg.train[k] for k in TRAINING_KEYS}}
+    base = {**{k: v for k, v in identity.items() if k not in ("steps", "batch_size")}, "target_l0": target}
+    return base, {**identity, **training}
+
+
+def _fit(trainer, module, data, resume, timer: PhaseTimer, on_interrupt: Callable[[], None]) -> None:
+    """Train; Ctrl-C saves what was learned (``on_interrupt``) and exits with status 130."""
     eval_seconds = lambda: {"periodic_evaluate": sum(cb.seconds for cb in trainer.callbacks  # noqa: E731
                                                      if isinstance(cb, EvalCallback))}
     try:
@@ -189,56 +229,53 @@ def run(cfg: DictConfig, run_dir: Path, clock: WallClock | None = None) -> dict:
         if not trainer.interrupted:
             raise
         if trainer.is_global_zero:
-            save_sae(sae, run_dir, provenance)
-            last = reporter.history[-1] if reporter.history else {}
-            reporter.write(reporter.record(last, trainer.global_step, trainer.global_step * plan.batch_size, True,
-                                           **data_record, harvest_seconds=round(source.harvest_seconds, 1),
-                                           timings=timer.seconds),
-                           status="interrupted")
-            print(f"\ninterrupted at step {trainer.global_step}: SAE saved to {run_dir}; run the same command "
-                  f"with hydra.run.dir={run_dir} to resume from its last checkpoint", flush=True)
+            on_interrupt()
         raise SystemExit(130) from None
     finally:
         end_process_group()
-    if not trainer.is_global_zero:
-        return {}
-    train_seconds = timer.seconds["train"] + timer.seconds["periodic_evaluate"]
 
-    # evaluation: on the device it trained on (Lightning's teardown moved it to the CPU)
-    with timer("evaluate"):
-        sae.to(trainer.strategy.root_device)
-        sae.finalize_for_inference(iter((head * sae.input_scale.cpu()).split(plan.batch_size)))
-        metrics = run_evaluators(sae, source, evaluators, cfg.train.eval_batch_size)
-        metrics["dead_fraction"] = module.dead_mask().float().mean().item()
-    with timer("save"):
-        reporter.log_eval(metrics, trainer.global_step, periodic=False)
-        save_sae(sae, run_dir, provenance)
-        reporter.plot(metrics)
+
+def _save_interrupted(trainer, sae, run_dir: Path, provenance: dict, reporter, source, plan: RunPlan,
+                      timer: PhaseTimer) -> None:
+    save_sae(sae, run_dir, provenance)
+    last = reporter.history[-1] if reporter.history else {}
+    reporter.write(reporter.record(last, trainer.global_step, trainer.global_step * plan.batch_size, True,
+                                   activation_store=source.store_status,
+                                   harvest_seconds=round(source.harvest_seconds, 1), timings=timer.seconds),
+                   status="interrupted")
+    print(f"\ninterrupted at step {trainer.global_step}: SAE saved to {run_dir}; run the same command "
+          f"with hydra.run.dir={run_dir} to resume from its last checkpoint", flush=True)
+
+
+def _final_evaluation(cfg: DictConfig, trainer, sae, module, source, evaluators, head, plan: RunPlan) -> dict:
+    """The evaluators on the held-out split, on the device the SAE trained on (Lightning's teardown moved it to
+    the CPU), after :meth:`~saefw.arch.base.SAE.finalize_for_inference` on the first training batches."""
+    sae.to(trainer.strategy.root_device)
+    sae.finalize_for_inference(iter((head * sae.input_scale.cpu()).split(plan.batch_size)))
+    metrics = run_evaluators(sae, source, evaluators, cfg.train.eval_batch_size)
+    metrics["dead_fraction"] = module.dead_mask().float().mean().item()
+    return metrics
+
+
+def _data_record(source, module) -> dict:
+    """Whether the run harvested: under data parallelism it did if any rank did (the first rank to take the
+    store's lock harvests; the rest read)."""
+    status = source.store_status
+    if module.rank_states is not None:
+        source.harvest_seconds = sum(f[0] for f in module.gathered_facts)
+        if any(f[1] for f in module.gathered_facts):
+            status = "miss"
+    return {"activation_store": status}
+
+
+def _rank_record(trainer, module) -> dict:
     ranks = {"world_size": trainer.world_size}
     if module.rank_states is not None:
         ranks["rank_state"] = module.rank_states
-        # the job harvested if any rank did (the first rank to take the store's lock harvests; the rest read)
-        source.harvest_seconds = sum(f[0] for f in module.gathered_facts)
-        if any(f[1] for f in module.gathered_facts):
-            data_record["activation_store"] = "miss"
-    record = reporter.record(metrics, trainer.global_step, plan.tokens, False, **data_record,
-                             harvest_seconds=round(source.harvest_seconds, 1), train_seconds=round(train_seconds, 1),
-                             final_coefficient=controller.coefficient(plan.steps),
-                             tokens_trained=int(module.tokens_trained), resumed_from=resume.step if resume else None,
-                             timings=timer.seconds, **ranks)
-    reporter.write(record)
-    print_summary(record, run_dir)
-    return record
+    return ranks
 
 
 def _trainer(cfg: DictConfig, plan: RunPlan, run_dir: Path, source, evaluators, reporter, identity: dict):
-    import pytorch_lightning as pl
-    from lightning_fabric.utilities.exceptions import MisconfigurationException
-
-    from saefw.app.distributed import strategy_kwargs
-    from saefw.training.checkpoint import AtomicCheckpointIO, Checkpointer
-    from saefw.training.module import EvalCallback, TokenProgressBar
-
     tc = cfg.train
     state = lambda: {**reporter.state(), "identity": identity}  # noqa: E731 - read at every checkpoint
     callbacks = [EvalCallback(source, evaluators, tc.eval_every_steps, tc.eval_batch_size, reporter.log_eval),

@@ -35,9 +35,9 @@ def test_submitit_local_sweep_with_a_failing_job(tiny_model, tmp_path):
 def _slurm_params(overrides):
     from saefw.app.cli import conf_dir
     from saefw.registry import discover
-    from saefw.training.config import store_schema
+    from saefw.training.config import register_schema
 
-    store_schema()
+    register_schema()
     discover()
     GlobalHydra.instance().clear()
     try:

@@ -7,8 +7,8 @@ from saefw.arch import ops
 from saefw.arch.ops import (
     SparseLatents,
     as_dense,
+    batch_firing,
     encoder_pre_acts,
-    firing_stats,
     gather_pre_acts,
     sparse_decode,
 )
@@ -118,13 +118,13 @@ def test_fallback_kernels_match_the_sparse_ones():
     torch.testing.assert_close(ops._sampled_dots(rows, cols, dense_in, W), (dense_in @ W.t())[rows, cols], **TOL)
 
 
-def test_firing_stats_dense_and_sparse_agree():
+def test_batch_firing_dense_and_sparse_agree():
     rows, cols = torch.tensor([0, 0, 1, 2, 2]), torch.tensor([1, 3, 3, 0, 2])
     values = torch.tensor([1.0, 0.0, 2.0, 0.5, 0.0])  # zeros: selected but not firing
     sparse = SparseLatents(values, rows, cols, (3, 5))
     dense = as_dense(sparse)
     torch.testing.assert_close(dense, torch.tensor([[0, 1.0, 0, 0, 0], [0, 0, 0, 2.0, 0], [0.5, 0, 0, 0, 0]]))
     for f in (sparse, dense):
-        fired, l0 = firing_stats(f)
+        fired, l0 = batch_firing(f)
         assert fired.tolist() == [True, True, False, True, False]
         assert l0.item() == pytest.approx(1.0)  # 3 firing latents over 3 tokens

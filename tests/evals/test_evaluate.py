@@ -9,7 +9,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from saefw.app.cli import conf_dir
 from saefw.errors import SaefwError
-from saefw.evals.command import carried, evaluate, store_schema
+from saefw.evals.command import carried, evaluate, register_schema
 
 SOURCE = ["source.context_size=32", "source.eval_contexts=6"]
 
@@ -67,7 +67,7 @@ def test_cli_evaluates_a_saelens_sae(tiny_model, tmp_path):
 
 @pytest.fixture
 def composed():
-    store_schema()
+    register_schema()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         yield lambda *ov: compose(config_name="evaluate", overrides=list(ov))
