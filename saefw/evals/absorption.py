@@ -115,3 +115,66 @@ def absorption_scores(acts, labels, train, probe_W, probe_b, encode, W_dec, cfg)
             "absorption_fraction": float(np.mean(fracs)), "absorption_fraction_se": mean_se(fracs),
             "absorption_split_features": float(np.mean(splits)), "absorption_letters": len(rates),
             "per_letter_rate": rates}
+
+
+def vocab_words(tokenizer) -> list[tuple[str, int]]:
+    """Single-token alphabetic ASCII words (leading-space marker stripped), by token id."""
+    out, seen = [], set()
+    for tok, i in sorted(tokenizer.get_vocab().items(), key=lambda t: t[1]):
+        w = tokenizer.convert_tokens_to_string([tok]).strip()
+        if len(w) >= 2 and w.isascii() and w.isalpha() and w not in seen:
+            seen.add(w)
+            out.append((w, i))
+    if not out:
+        raise SaefwError("absorption: the tokenizer has no single-token alphabetic words")
+    return out
+
+
+@register("evaluator", "absorption", AbsorptionConfig)
+class AbsorptionEvaluator(Evaluator):
+    """First-letter feature absorption; equations in the module docstring. Final evaluation only."""
+
+    requires = ("lm",)
+
+    def _data(self):
+        lm, c = self.source.lm, self.cfg
+        words = vocab_words(lm.tokenizer)
+        rng = np.random.default_rng(c.seed)
+        words = [words[i] for i in sorted(rng.permutation(len(words))[:c.max_words])]
+        icl, words = words[:4], words[4:]
+        prefix = "".join(f" {w} has the first letter: {w[0].upper()}\n" for w, _ in icl)
+        pre = lm.tokenizer(prefix, add_special_tokens=False).input_ids
+        letters = np.array([ord(w[0].upper()) for w, _ in words])
+        keep = [L for L in sorted(set(letters)) if (letters == L).sum() >= c.min_words_per_letter]
+        if len(keep) < 2:
+            raise SaefwError(f"absorption: only {len(keep)} letters with >= min_words_per_letter="
+                             f"{c.min_words_per_letter} words")
+        sel = np.isin(letters, keep)
+        ids = np.array([i for w, i in words])[sel]
+        labels = np.searchsorted(keep, letters[sel])
+        tokens = torch.tensor([[lm.bos_id, *pre, i] for i in ids])
+        acts = torch.cat([lm.activations(t.to(lm.device))[:, -1].float().cpu()
+                          for t in tokens.split(c.batch_size)])
+        train = rng.random(len(ids)) >= c.test_fraction
+        W, b = fit_probes(acts.numpy(), labels, train)
+        return {"acts": acts, "labels": torch.tensor(labels), "train": torch.tensor(train),
+                "probe_W": torch.tensor(W), "probe_b": torch.tensor(b), "letters": torch.tensor(keep)}
+
+    def compute(self):
+        if not self.final:
+            return {}
+        c = self.cfg
+        d = self.source.cached(f"absorption_{c.max_words}_{c.min_words_per_letter}_{c.test_fraction}_{c.seed}",
+                               self._data, tensors=True)
+        sae = self.sae
+        dev = next(sae.parameters()).device
+
+        def encode(x):
+            with torch.no_grad():
+                return sae.encode(torch.as_tensor(x).to(dev)).cpu().numpy()
+
+        out = absorption_scores(d["acts"].numpy(), d["labels"].numpy(), d["train"].numpy(), d["probe_W"].numpy(),
+                                d["probe_b"].numpy(), encode, sae.W_dec.detach().cpu().numpy(), c)
+        log.info("absorption letters: %s", "".join(chr(int(v)) for v in d["letters"]))
+        out.pop("per_letter_rate")
+        return out

@@ -1,0 +1,40 @@
+"""absorption: a by-hand word score and a planted absorbing latent."""
+import numpy as np
+
+from saefw.evals.absorption import AbsorptionConfig, absorption_scores, fit_probes, word_scores
+
+
+def test_partial_fraction_by_hand():
+    cfg = AbsorptionConfig(proj_threshold=0.0)
+    W_dec = np.array([[1.0, 0.0], [0.6, 0.8]])
+    full, frac = word_scores(np.array([1.3, 0.0]), np.array([1.0, 0.5]), W_dec, np.array([1.0, 0.0]), [0], cfg)
+    assert not full and np.isclose(frac, 0.3 / 1.3)
+
+
+def test_planted_absorption_rate():
+    rng = np.random.default_rng(0)
+    L, n_tr, n_te, n_abs = 3, 60, 20, 6
+    d = L + n_abs + 8
+    acts, labels, train = [], [], []
+    for k in range(L):
+        for i in range(n_tr + n_te):
+            x = np.zeros(d)
+            x[k] = 1
+            x[L + n_abs:] = 0.05 * rng.standard_normal(8)
+            if k == 0 and i >= n_tr + n_te - n_abs:
+                x[L + (i - (n_tr + n_te - n_abs))] = 1
+            acts.append(x), labels.append(k), train.append(i < n_tr)
+    acts, labels, train = np.array(acts, np.float32), np.array(labels), np.array(train)
+    W_enc = np.zeros((d, L + n_abs))
+    W_dec = np.zeros((L + n_abs, d))
+    for k in range(L):
+        W_enc[k, k] = W_dec[k, k] = 1
+    for j in range(n_abs):
+        W_enc[L + j, 0] = -10
+        W_enc[L + j, L + j] = 1
+        W_dec[L + j, 0] = W_dec[L + j, L + j] = 2 ** -0.5
+    W, b = fit_probes(acts, labels, train)
+    out = absorption_scores(acts, labels, train, W, b, lambda x: np.maximum(x @ W_enc - 0.3, 0), W_dec,
+                            AbsorptionConfig())
+    assert out["absorption_letters"] == 3
+    np.testing.assert_allclose(out["per_letter_rate"], [0.3, 0, 0])
