@@ -38,3 +38,31 @@ def test_planted_absorption_rate():
                             AbsorptionConfig())
     assert out["absorption_letters"] == 3
     np.testing.assert_allclose(out["per_letter_rate"], [0.3, 0, 0])
+
+
+def test_evaluator_on_tiny_model(tiny_model, monkeypatch):
+    import math
+
+    import torch
+
+    from saefw.evals.base import run_evaluators
+    from saefw.registry import build, discover
+    from saefw.sources.base import RunSpec
+
+    discover()
+    src = build("source", {"name": "hf", "model": str(tiny_model), "layer": 1, "site": "resid_post",
+                           "context_size": 12, "eval_contexts": 2}, spec=RunSpec(seed=0, train_tokens=500))
+    src.setup()
+    torch.manual_seed(0)
+    sae = build("arch", {"name": "l1"}, d_in=src.d_in, d_sae=64)
+    calls = []
+    orig = src.lm.activations
+    monkeypatch.setattr(src.lm, "activations", lambda t: calls.append(1) or orig(t))
+    ev = build("evaluator", {"max_words": 400, "min_words_per_letter": 5}, name="absorption")
+    out = run_evaluators(sae, src, [ev])
+    n = len(calls)
+    assert out["absorption_letters"] >= 2 and all(math.isfinite(out[k]) for k in
+                                                  ("absorption_rate", "absorption_fraction",
+                                                   "absorption_split_features"))
+    run_evaluators(sae, src, [ev])
+    assert len(calls) == n
