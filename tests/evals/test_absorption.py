@@ -66,3 +66,17 @@ def test_evaluator_on_tiny_model(tiny_model, monkeypatch):
                                                    "absorption_split_features"))
     run_evaluators(sae, src, [ev])
     assert len(calls) == n
+
+
+def test_cli_run_writes_absorption(tiny_model, tmp_path):
+    import json
+
+    from tests.helpers import TINY_RUN, run_cli
+
+    r = run_cli(f"model={tiny_model}", *TINY_RUN, "evaluators=[l0,absorption]",
+                "evaluators.absorption.max_words=400", "evaluators.absorption.min_words_per_letter=5",
+                f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    metrics = json.loads(next((tmp_path / "run").rglob("metrics.json")).read_text())
+    flat = json.dumps(metrics)
+    assert "absorption_rate" in flat and "absorption_letters" in flat
