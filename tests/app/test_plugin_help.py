@@ -34,4 +34,5 @@ def test_help_shows_each_plugins_options_with_their_help(tmp_path):
     assert "dead latents the AuxK loss may use" in out
     assert "  source.store_dir: str | None = null" in out and "$SAEFW_CACHE/stores" in out
     assert "arch=matryoshka" in out and "the nested dictionary sizes as fractions of d_sae" in out
+    assert "source=npy_file" in out and "  source.path: str" in out  # the local plugin
     assert "arch: " in out and "loss_recovered" in out  # Hydra's group listing is still there

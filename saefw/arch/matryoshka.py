@@ -1,13 +1,10 @@
-"""A worked plugin: the Matryoshka TopK SAE (`arch=matryoshka`). Copy this file into `plugins/` of your working
-directory and `python -m saefw arch=matryoshka` finds it; no framework file is edited.
+"""The Matryoshka TopK SAE (``arch=matryoshka``).
 
 A Matryoshka SAE (Bussmann et al. 2025, "Learning Multi-Level Features with Matryoshka Sparse Autoencoders";
 Nabeshima 2024) trains nested dictionaries inside one SAE: every prefix of the latents — the first m_1, the
 first m_2, ... — must reconstruct the input on its own. The early latents learn the general, frequent features
-and the later ones refine them, so a feature is not split up or absorbed just because the dictionary grew.
-
-One decorator registers the class and its dataclass config; Hydra type-checks `arch.k=16` and
-`arch.group_fractions=[0.25,1.0]`, and `python -m saefw --help` lists the arch.
+and the later ones refine them, so a feature is not split up or absorbed just because the dictionary grew: the
+``absorption`` evaluator measures exactly that.
 """
 from __future__ import annotations
 
