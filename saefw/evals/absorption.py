@@ -42,6 +42,7 @@ class AbsorptionConfig:
 
 def fit_probes(acts: np.ndarray, labels: np.ndarray, train: np.ndarray):
     """One-vs-rest logistic probes: W [L, d], b [L]."""
+    # imported here: the registry imports every evaluator at start-up, and sklearn costs about a second
     from sklearn.linear_model import LogisticRegression
     W, b = [], []
     for k in range(int(labels.max()) + 1):
@@ -111,6 +112,9 @@ def absorption_scores(acts, labels, train, probe_W, probe_b, encode, W_dec, cfg)
         s = [word_scores(acts[i], f[i], W_dec, p, main, cfg) for i in test]
         rates.append(np.mean([a for a, _ in s])), fracs.append(np.mean([b for _, b in s]))
         splits.append(len(main))
+    if not rates:
+        raise SaefwError("absorption: no letter has a held-out word its probe classifies correctly; raise "
+                         "evaluators.absorption.max_words or lower min_words_per_letter")
     return {"absorption_rate": float(np.mean(rates)), "absorption_rate_se": mean_se(rates),
             "absorption_fraction": float(np.mean(fracs)), "absorption_fraction_se": mean_se(fracs),
             "absorption_split_features": float(np.mean(splits)), "absorption_letters": len(rates),
@@ -135,6 +139,13 @@ class AbsorptionEvaluator(Evaluator):
     """First-letter feature absorption; equations in the module docstring. Final evaluation only."""
 
     requires = ("lm",)
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        if not 0 < cfg.test_fraction < 1:
+            raise SaefwError(f"evaluators.absorption.test_fraction={cfg.test_fraction} must be between 0 and 1")
+        if cfg.max_words < 10:
+            raise SaefwError(f"evaluators.absorption.max_words={cfg.max_words} must be at least 10")
 
     def _data(self):
         lm, c = self.source.lm, self.cfg

@@ -40,6 +40,21 @@ def test_planted_absorption_rate():
     np.testing.assert_allclose(out["per_letter_rate"], [0.3, 0, 0])
 
 
+def test_bad_settings_and_no_letters_name_the_problem():
+    import pytest
+
+    from saefw.errors import SaefwError
+    from saefw.registry import build, discover
+
+    discover()
+    with pytest.raises(SaefwError, match=r"test_fraction=1.5 must be between 0 and 1"):
+        build("evaluator", {"test_fraction": 1.5}, name="absorption")
+    x = np.eye(2, dtype=np.float32)  # no held-out word at all: nothing to score
+    with pytest.raises(SaefwError, match="no letter has a held-out word"):
+        absorption_scores(x, np.array([0, 1]), np.array([True, True]), np.eye(2, dtype=np.float32),
+                          np.zeros(2, np.float32), lambda a: a, np.eye(2), AbsorptionConfig())
+
+
 def test_evaluator_on_tiny_model(tiny_model, monkeypatch):
     import math
 
