@@ -27,6 +27,9 @@ CE_RECOVERED = Panel("ce_loss_recovered", "CE loss recovered", True)
 EXPLAINED_VARIANCE = Panel("explained_variance", "explained variance", True)
 CE_DELTA = Panel("ce_delta", "CE delta (nats, SAE − clean)", False)
 KL_DIV = Panel("kl_div", "KL(clean ‖ SAE) (nats)", False)
+# quality beyond the proxies, drawn when the sweep ran those evaluators (evaluators=[...,absorption,sparse_probing])
+ABSORPTION = Panel("absorption_rate", "first-letter absorption rate", False)
+SPARSE_PROBING = Panel("sparse_probing_sae_top_1_acc", "sparse probing accuracy, top-1 latent", True)
 
 
 @dataclass
@@ -49,11 +52,12 @@ class Series:
 
 
 def panels_for(table: Tradeoff) -> list[Panel]:
-    """CE loss recovered and explained variance vs L0; CE delta and KL too for mlp_out/attn_out sweeps. Panels
-    without any value (e.g. no LM behind a synthetic source) are left out."""
+    """CE loss recovered and explained variance vs L0; CE delta and KL too for mlp_out/attn_out sweeps; absorption
+    and sparse probing when measured. Panels without any value (e.g. no LM behind a synthetic source) are left out."""
     panels = [CE_RECOVERED, EXPLAINED_VARIANCE]
     if table.sites & QUIET_SITES:
         panels += [CE_DELTA, KL_DIV]
+    panels += [ABSORPTION, SPARSE_PROBING]
     ok = table.ok_rows()
     return [p for p in panels if any(number(r, p.metric) is not None and number(r, "l0") is not None for r in ok)]
 

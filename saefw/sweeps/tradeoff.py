@@ -10,7 +10,8 @@ from saefw.sweeps.optuna_results import OptunaResult, params_match, read_optuna_
 from saefw.sweeps.pareto import pareto_mask
 
 HEADLINE = ("l0", "ce_loss_recovered", "explained_variance", "ce_delta", "kl_div", "dead_fraction", "shrinkage",
-            "mse", "mmcs")
+            "mse", "mmcs", "absorption_rate", "absorption_fraction", "sparse_probing_llm_acc",
+            "sparse_probing_sae_top_1_acc", "sparse_probing_sae_top_5_acc")
 IDENTITY = ("arch", "penalty", "layer", "site", "model", "d_in", "d_sae", "seed")
 TAIL = ("steps", "tokens", "wall_seconds", "error", "run_dir")
 # record keys that are bookkeeping, not metrics

@@ -190,3 +190,25 @@ def test_nan_metrics_stay_in_the_table_but_off_the_frontier(tmp_path):
     make_job(tmp_path / "s", "1_l1", {**BASE, "arch": "l1", "l0": 20.0, "ce_loss_recovered": 0.4})
     rows = read_csv(compare([tmp_path / "s"], tmp_path / "o", WandbSettings(mode="disabled"), echo=False).csv)
     assert rows[0]["l0"] == "nan" and rows[0]["frontier"] == "False" and rows[1]["frontier"] == "True"
+
+
+def test_absorption_and_sparse_probing_get_panels_with_their_own_frontier(tmp_path):
+    from saefw.sweeps.panels import panels_for, series_for
+
+    sweep = tmp_path / "2026-01-01" / "10-00-00"
+    # (l0, absorption_rate, sparse_probing_sae_top_1_acc): by hand, lower absorption and higher accuracy win
+    points = [(16.0, 0.30, 0.50), (32.0, 0.10, 0.40), (64.0, 0.20, 0.70), (128.0, 0.05, 0.60)]
+    for num, (l0, absorption, probing) in enumerate(points):
+        make_job(sweep, f"{num}_topk", {**BASE, "arch": "topk", "l0": l0, "explained_variance": 0.8,
+                                        "absorption_rate": absorption, "absorption_rate_se": 0.01,
+                                        "sparse_probing_sae_top_1_acc": probing},
+                 overrides=["arch=topk", f"arch.k={int(l0)}"], num=num)
+    table = build_tradeoff(find_jobs([sweep]))
+    panels = {p.metric: p for p in panels_for(table)}
+    assert list(panels) == ["explained_variance", "absorption_rate", "sparse_probing_sae_top_1_acc"]
+    (absorption,) = series_for(table, panels["absorption_rate"])
+    assert absorption.frontier == [True, True, False, True]  # 64 has more absorption than 32 at a higher L0
+    assert absorption.se == [0.01] * 4
+    (probing,) = series_for(table, panels["sparse_probing_sae_top_1_acc"])
+    assert probing.frontier == [True, False, True, False]
+    assert {"absorption_rate", "absorption_rate_se", "sparse_probing_sae_top_1_acc"} <= set(table.columns)
