@@ -82,13 +82,18 @@ class Corpus:
     # --- reading ---
     def documents(self) -> Iterator[str]:
         """Every non-empty document, in a fixed order."""
+        return (row[0] for row in self.rows())
+
+    def rows(self, fields: tuple[str, ...] = ()) -> Iterator[tuple]:
+        """(text, *fields) of every non-empty document, in a fixed order: e.g. ``rows(("label",))`` gives
+        (text, label) pairs for a labelled dataset (the sparse-probing tasks)."""
         if self.is_hf:
-            yield from self._hf_documents()
+            yield from self._hf_rows(fields)
             return
         for path in self.files():
-            yield from _file_documents(path, self.text_field)
+            yield from _file_rows(path, (self.text_field, *fields))
 
-    def _hf_documents(self) -> Iterator[str]:
+    def _hf_rows(self, fields: tuple[str, ...]) -> Iterator[tuple]:
         try:
             import datasets
         except ImportError:
@@ -108,13 +113,15 @@ class Corpus:
                 raise SaefwError(f"corpus={self.name!r} could not be loaded"
                                  f"{' (offline: only datasets already in the local cache work)' if offline else ''}: "
                                  f"{str(exc).splitlines()[0][:300]}") from None
-        if self.text_field not in (ds.column_names or [self.text_field]):
-            raise SaefwError(f"corpus={self.name!r} has no text field {self.text_field!r}; fields: "
-                             f"{', '.join(ds.column_names)} (set source.corpus_text_field)")
+        for name in (self.text_field, *fields):
+            if name not in (ds.column_names or [name]):
+                raise SaefwError(f"corpus={self.name!r} has no field {name!r}; fields: "
+                                 f"{', '.join(ds.column_names)}" + (" (set source.corpus_text_field)"
+                                                                    if name == self.text_field else ""))
         for row in ds:
             text = row[self.text_field]
             if text and text.strip():
-                yield text.strip()
+                yield (text.strip(), *(row[f] for f in fields))
 
     def fingerprint(self) -> str:
         """A digest of the corpus contents (files: their bytes; datasets: their own fingerprint or name),
@@ -139,44 +146,58 @@ def _pick_split(ds, corpus: Corpus):
     return ds[corpus.split]
 
 
-def _file_documents(path: Path, text_field: str) -> Iterator[str]:
+def _file_rows(path: Path, fields: tuple[str, ...]) -> Iterator[tuple]:
+    """(text, *other fields) per document of one file; ``fields[0]`` is the text field."""
     kind = _kind(path)
     if kind == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise SaefwError("reading .parquet corpora needs pyarrow: pip install 'saefw[data]'") from None
-        pf = pq.ParquetFile(path)
-        if text_field not in pf.schema_arrow.names:
-            raise SaefwError(f"{path} has no column {text_field!r}; columns: {', '.join(pf.schema_arrow.names)} "
-                             f"(set source.corpus_text_field)")
-        for batch in pf.iter_batches(columns=[text_field], batch_size=1024):
-            for text in batch.column(0).to_pylist():
-                if text and text.strip():
-                    yield text.strip()
+        yield from _parquet_rows(path, fields)
         return
     opener = gzip.open if kind == ".jsonl.gz" else open
     with opener(path, "rt", encoding="utf-8") as fh:
         if kind == ".txt":
-            para: list[str] = []
-            for line in fh:  # paragraph by paragraph, never the whole file at once
-                if line.strip():
-                    para.append(line.rstrip("\n"))
-                elif para:
-                    yield "\n".join(para).strip()
-                    para = []
-            if para:
-                yield "\n".join(para).strip()
+            if len(fields) > 1:
+                raise SaefwError(f"{path} is plain text: it has no field {fields[1]!r} (use .jsonl or .parquet)")
+            yield from ((doc,) for doc in _paragraphs(fh))
             return
         for n, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                text = json.loads(line)[text_field]
+                record = json.loads(line)
+                row = tuple(record[f] for f in fields)
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise SaefwError(f"{path} line {n} is not a JSON object with a {text_field!r} field") from None
-            if text and text.strip():
-                yield text.strip()
+                raise SaefwError(f"{path} line {n} is not a JSON object with the field(s) "
+                                 f"{', '.join(map(repr, fields))}") from None
+            if row[0] and row[0].strip():
+                yield (row[0].strip(), *row[1:])
+
+
+def _parquet_rows(path: Path, fields: tuple[str, ...]) -> Iterator[tuple]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise SaefwError("reading .parquet corpora needs pyarrow: pip install 'saefw[data]'") from None
+    pf = pq.ParquetFile(path)
+    for name in fields:
+        if name not in pf.schema_arrow.names:
+            raise SaefwError(f"{path} has no column {name!r}; columns: {', '.join(pf.schema_arrow.names)}"
+                             + (" (set source.corpus_text_field)" if name == fields[0] else ""))
+    for batch in pf.iter_batches(columns=list(fields), batch_size=1024):
+        for row in zip(*(batch.column(i).to_pylist() for i in range(len(fields)))):
+            if row[0] and row[0].strip():
+                yield (row[0].strip(), *row[1:])
+
+
+def _paragraphs(fh) -> Iterator[str]:
+    para: list[str] = []
+    for line in fh:  # paragraph by paragraph, never the whole file at once
+        if line.strip():
+            para.append(line.rstrip("\n"))
+        elif para:
+            yield "\n".join(para).strip()
+            para = []
+    if para:
+        yield "\n".join(para).strip()
 
 
 def is_heldout(doc: str, fraction: float) -> bool:
