@@ -6,7 +6,8 @@ F_t = (1/n_t) Σ_i f(x_{t,i}) (pooled after encoding, so F ≠ f(mean x)) and th
 Latents are ranked on the training texts by the spread of their class means,
 s_j = max_c mean_{t∈c} F_{t,j} − min_c mean_{t∈c} F_{t,j} (ties: lower index first), and for each k a multinomial
 logistic regression on the standardised top-k latents is fit on the training texts; the metric is its held-out
-accuracy a with the binomial standard error sqrt(a(1 − a)/n_test). The same classifier on X gives the ceiling
+accuracy a with the binomial standard error sqrt(a(1 − a)/n_test); the means over tasks get
+sqrt(Σ se²)/n_tasks. The same classifier on X gives the ceiling
 (``*_llm_acc``). Tasks: the packaged Factbook's section (9 classes) and region (13 classes) of each document, or a
 labelled local file / Hugging Face dataset (``text_field``, ``label_field``).
 
@@ -92,12 +93,18 @@ def sample_split(labels: list[str], cfg: SparseProbingConfig) -> tuple[np.ndarra
     return np.asarray(idx), np.asarray(y), np.asarray(train), classes
 
 
-def pool(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """Mean over each text's rows: values [T, m], offsets [n + 1] (text t is rows offsets[t]:offsets[t+1]) → [n, m]."""
+def pool(values: torch.Tensor, offsets: torch.Tensor, encode=None, chunk: int = 4096) -> torch.Tensor:
+    """Mean over each text's rows: values [T, d], offsets [n + 1] (text t is rows offsets[t]:offsets[t+1]) → [n, m];
+    with ``encode``, the mean of ``encode(rows)`` [·, m], computed ``chunk`` rows at a time so the [T, m] latents
+    of every token are never held at once."""
     lengths = offsets[1:] - offsets[:-1]
     owner = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
-    out = torch.zeros(len(lengths), values.shape[1], dtype=torch.float32)
-    out.index_add_(0, owner, values.float())
+    out = None
+    for start in range(0, len(values), chunk):
+        v = values[start:start + chunk].float()
+        v = v if encode is None else encode(v)
+        out = torch.zeros(len(lengths), v.shape[1]) if out is None else out
+        out.index_add_(0, owner[start:start + chunk], v.float().cpu())
     return out / lengths.clamp(min=1).unsqueeze(1)
 
 
@@ -120,6 +127,11 @@ def probe_accuracy(X_train, y_train, X_test, y_test) -> float:
 
 def binomial_se(acc: float, n: int) -> float:
     return float(np.sqrt(acc * (1 - acc) / n))
+
+
+def mean_of_se(ses: list[float]) -> float:
+    """SE of the mean of independent estimates: sqrt(Σ se_i²) / n (the tasks' held-out texts are disjoint)."""
+    return float(np.sqrt(np.sum(np.square(ses))) / len(ses))
 
 
 def sae_accuracies(F: np.ndarray, y: np.ndarray, train: np.ndarray, ks: list[int]) -> dict[int, float]:
@@ -182,8 +194,7 @@ class SparseProbingEvaluator(Evaluator):
     @torch.no_grad()
     def _pooled_latents(self, acts: torch.Tensor, offsets: torch.Tensor) -> np.ndarray:
         dev = next(self.sae.parameters()).device
-        f = torch.cat([self.sae.encode(chunk.to(dev, torch.float32)).cpu() for chunk in acts.split(4096)])
-        return pool(f, offsets).numpy()
+        return pool(acts, offsets, encode=lambda x: self.sae.encode(x.to(dev))).numpy()
 
     def compute(self):
         if not self.final:
@@ -201,6 +212,8 @@ class SparseProbingEvaluator(Evaluator):
             for k, acc in sae_accuracies(F, y, train, list(by_k)).items():
                 out[f"{name}_sae_top_{k}_acc"], out[f"{name}_sae_top_{k}_acc_se"] = acc, binomial_se(acc, n_test)
                 by_k[k].append(acc)
-        out["sparse_probing_llm_acc"] = float(np.mean(llm))
-        out.update({f"sparse_probing_sae_top_{k}_acc": float(np.mean(v)) for k, v in by_k.items()})
+        for key, accs in (("llm", llm), *((f"sae_top_{k}", v) for k, v in by_k.items())):
+            out[f"sparse_probing_{key}_acc"] = float(np.mean(accs))
+            out[f"sparse_probing_{key}_acc_se"] = mean_of_se([out[f"sparse_probing_{task_name(t)}_{key}_acc_se"]
+                                                              for t in self.cfg.tasks])
         return out

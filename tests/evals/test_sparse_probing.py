@@ -37,6 +37,9 @@ def test_pool_averages_latents_after_encoding():
     values = torch.tensor([[1.0, 0.0], [3.0, 2.0], [5.0, 5.0], [0.0, 1.0], [0.0, 3.0], [0.0, 8.0]])
     offsets = torch.tensor([0, 2, 3, 6])
     torch.testing.assert_close(pool(values, offsets), torch.tensor([[2.0, 1.0], [5.0, 5.0], [0.0, 4.0]]))
+    # chunked (a chunk boundary inside a text) and through an encoder: the same means of the encoded rows
+    torch.testing.assert_close(pool(values, offsets, encode=lambda v: 2 * v, chunk=4),
+                               torch.tensor([[4.0, 2.0], [10.0, 10.0], [0.0, 8.0]]))
     # f(mean x) differs from mean f(x) for a ReLU encoder: that is why token activations are cached, not means
     x = torch.tensor([[2.0], [-2.0]])
     assert pool(torch.relu(x), torch.tensor([0, 2])).item() == 1.0 != torch.relu(x.mean()).item()
@@ -123,6 +126,8 @@ def test_evaluator_on_tiny_model_caches_the_model_part(tiny_model, monkeypatch, 
             assert 0 <= v <= 1 and math.isfinite(out[f"sparse_probing_{task_name}_{key}_se"])
     assert out["sparse_probing_sae_top_1_acc"] == pytest.approx(
         (out["sparse_probing_factbook_section_sae_top_1_acc"] + out["sparse_probing_animals_sae_top_1_acc"]) / 2)
+    assert out["sparse_probing_llm_acc_se"] == pytest.approx(
+        math.hypot(out["sparse_probing_factbook_section_llm_acc_se"], out["sparse_probing_animals_llm_acc_se"]) / 2)
     torch.manual_seed(1)
     other = build("arch", {"name": "l1"}, d_in=src.d_in, d_sae=64)
     run_evaluators(other, src, [ev])
