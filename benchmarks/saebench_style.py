@@ -72,24 +72,48 @@ def _f(v, nd=3):
     return "" if v is None else f"{v:.{nd}f}"
 
 
+def _pm(r, key, nd=3):
+    return f"{_f(r.get(key), nd)} ± {_f(r.get(key + '_se'), nd)}"
+
+
+def findings(rows: list[dict]) -> list[str]:
+    """What the table says, computed: Matryoshka against TopK, and whether the orderings agree (Kendall's τ)."""
+    from scipy.stats import kendalltau
+
+    by = {r["arch"]: r for r in rows}
+    m, t = by["matryoshka"], by["topk"]
+    diff = t["absorption_rate"] - m["absorption_rate"]
+    se = (t["absorption_rate_se"] ** 2 + m["absorption_rate_se"] ** 2) ** 0.5
+    order = {name: [r["arch"] for r in sorted(rows, key=key)] for name, key in (
+        ("CE loss recovered (best first)", lambda r: -r["ce_loss_recovered"]),
+        ("absorption rate (least first)", lambda r: r["absorption_rate"]),
+        ("sparse probing, mean top-1 (best first)", lambda r: -r["sparse_probing_sae_top_1_acc"]))}
+    ce = [r["ce_loss_recovered"] for r in rows]
+    tau_abs = kendalltau(ce, [-r["absorption_rate"] for r in rows]).statistic
+    tau_probe = kendalltau(ce, [r["sparse_probing_sae_top_1_acc"] for r in rows]).statistic
+    return [f"- Matryoshka {'absorbs less' if diff > 0 else 'does not absorb less'} than TopK here: absorption rate "
+            f"{_pm(m, 'absorption_rate')} against {_pm(t, 'absorption_rate')} (difference {diff:.3f} ± {se:.3f}), "
+            f"absorption fraction {_f(m['absorption_fraction'])} against {_f(t['absorption_fraction'])}.",
+            *[f"- Ordered by {name}: {', '.join(archs)}." for name, archs in order.items()],
+            f"- Agreement with the CE-loss-recovered ordering (Kendall's τ, 1 = same order): absorption {tau_abs:.2f}, "
+            f"sparse probing top-1 {tau_probe:.2f}."]
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [f"# SAEBench-style quality on {meta['model']}, layer 6 resid_post ({meta['machine']})", "",
              meta["note"], "",
-             "| arch | L0 | ce_loss_recovered ± se | absorption_rate ± se | absorption_fraction | "
-             "section top-1 | section top-5 | region top-1 | region top-5 | mean top-1 | mean top-5 |",
+             "| arch | L0 | ce_loss_recovered | absorption_rate | absorption_fraction | section top-1 | "
+             "section top-5 | region top-1 | region top-5 | mean top-1 | mean top-5 |",
              "|" + "---|" * 11]
     for r in rows:
-        lines.append(
-            f"| {r['arch']} | {_f(r['l0'], 1)} | {_f(r['ce_loss_recovered'])} ± {_f(r['ce_loss_recovered_se'])} | "
-            f"{_f(r['absorption_rate'])} ± {_f(r['absorption_rate_se'])} | {_f(r['absorption_fraction'])} | "
-            f"{_f(r['sparse_probing_factbook_section_sae_top_1_acc'])} | "
-            f"{_f(r['sparse_probing_factbook_section_sae_top_5_acc'])} | "
-            f"{_f(r['sparse_probing_factbook_region_sae_top_1_acc'])} | "
-            f"{_f(r['sparse_probing_factbook_region_sae_top_5_acc'])} | "
-            f"{_f(r['sparse_probing_sae_top_1_acc'])} | {_f(r['sparse_probing_sae_top_5_acc'])} |")
+        cells = [_pm(r, "ce_loss_recovered"), _pm(r, "absorption_rate"), _pm(r, "absorption_fraction"),
+                 *(_pm(r, f"sparse_probing_{task}_sae_top_{k}_acc")
+                   for task in ("factbook_section", "factbook_region") for k in (1, 5)),
+                 _pm(r, "sparse_probing_sae_top_1_acc"), _pm(r, "sparse_probing_sae_top_5_acc")]
+        lines.append(f"| {r['arch']} | {_f(r['l0'], 1)} | " + " | ".join(cells) + " |")
     ceiling = rows[0]
-    lines += ["", f"Full-activation probe (the ceiling): section {_f(ceiling['sparse_probing_factbook_section_llm_acc'])}"
-              f", region {_f(ceiling['sparse_probing_factbook_region_llm_acc'])}.", "",
+    lines += ["", f"Full-activation probe (the ceiling): section {_pm(ceiling, 'sparse_probing_factbook_section_llm_acc')}"
+              f", region {_pm(ceiling, 'sparse_probing_factbook_region_llm_acc')}.", "", *findings(rows), "",
               "Evaluator cost (seconds; the first SAE also computes the SAE-independent part, once per split):", "",
               "| evaluator | first SAE | later SAEs (mean) |", "|---|---|---|"]
     for name, by_arch in meta["seconds"].items():
