@@ -2,18 +2,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from torch import Tensor
 
-
-@dataclass
-class RunSpec:
-    """What the run asks of every source: its seed and how many training tokens it will consume (the run plan
-    owns the budget; see :class:`saefw.training.plan.RunPlan`)."""
-
-    seed: int
-    train_tokens: int
+from saefw.app.run_spec import RunSpec  # noqa: F401  (plugins import it from here)
 
 
 class ActivationSource:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from saefw.app.run_spec import RunSpec
 from saefw.errors import SaefwError
 
 
@@ -59,7 +60,6 @@ def harvest_points(source_cfg: dict, points: list[tuple[int, str]], train_tokens
     """Fill the train and held-out stores of every (layer, site) in ``points`` — one model pass for all of them
     per split — with the options of the HF source config ``source_cfg``. Returns the two harvest reports."""
     from saefw.registry import build, discover
-    from saefw.sources.base import RunSpec
     from saefw.store.harvest import fill_stores
 
     discover()
