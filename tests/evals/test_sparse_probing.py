@@ -146,3 +146,15 @@ def test_cli_run_writes_sparse_probing(tiny_model, tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert 0 <= metrics["sparse_probing_factbook_region_sae_top_5_acc"] <= 1
     assert metrics["sparse_probing_llm_acc"] == metrics["sparse_probing_factbook_region_llm_acc"]
+
+
+def test_parquet_task_reads_text_and_label_columns(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "topics.parquet"
+    pq.write_table(pa.table({"body": ["a cat", "a dog", "  ", "Paris"], "topic": ["pet", "pet", "pet", "city"]}), path)
+    texts, labels = load_task(str(path), SparseProbingConfig(text_field="body", label_field="topic"))
+    assert (texts, labels) == (["a cat", "a dog", "Paris"], ["pet", "pet", "city"])  # the blank text is skipped
+    with pytest.raises(SaefwError, match=r"has no column 'label'; columns: body, topic"):
+        load_task(str(path), SparseProbingConfig(text_field="body"))
