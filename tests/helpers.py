@@ -223,3 +223,41 @@ def install_ledger(cwd: Path, name: str = "ledger") -> tuple[list[str], Path]:
 def read_ledger(folder: Path, rank: int = 0) -> list[dict]:
     path = Path(folder) / f"rank{rank}.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def train_topk_in_process(sae, sample, steps: int, lr: float = 1e-2, batch: int = 128) -> None:
+    """``steps`` Adam steps of a top-k arch (penalty none) on raw rows ``sample(batch)``, with the unit-norm
+    decoder kept as the Lightning module keeps it (a synthetic-recovery test's training, without a Trainer)."""
+    from saefw.arch.base import compose_loss
+    from saefw.registry import build
+
+    none = build("penalty", {"name": "none"})
+    opt = torch.optim.Adam(sae.param_groups(lr))
+    for _ in range(steps):
+        out = compose_loss(sae.train_forward(sae.scale_rows(sample(batch))), none, 0.0)
+        opt.zero_grad()
+        out.loss.backward()
+        sae.remove_gradient_parallel_to_decoder_directions()
+        opt.step()
+        sae.set_decoder_norm_to_unit_norm()
+
+
+def random_transcoder(arch: str = "transcoder", activation: str = "topk", d_in: int = 6, d_sae: int = 10,
+                      d_out: int = 4, seed: int = 0, skip_scale: float = 1.0):
+    """A (skip-)transcoder with random weights (W_skip times ``skip_scale``), k = 3 for topk, jumprelu thresholds
+    in [0.1, 2.1], input_scale 1.7 and target_scale 0.6 (both folded on save), in eval mode."""
+    from saefw.registry import build, discover
+
+    discover()
+    torch.manual_seed(seed)
+    sae = build("arch", {"name": arch, "activation": activation, **({"k": 3} if activation == "topk" else {})},
+                d_in=d_in, d_sae=d_sae, d_out=d_out)
+    with torch.no_grad():
+        for name, p in sae.named_parameters():
+            p.copy_(torch.randn_like(p) * {"b_enc": 0.3, "W_skip": skip_scale}.get(name, 1.0))
+        if activation == "jumprelu":
+            sae.log_threshold.copy_(torch.rand(d_sae).mul(2).add(0.1).log())
+    sae.input_scale.fill_(1.7)
+    sae.target_scale.fill_(0.6)
+    return sae.eval()
+

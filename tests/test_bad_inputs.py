@@ -78,7 +78,8 @@ def _cases(w, run_dir) -> Case:
     m, tiny = f"model={w['model']}", w["model"]
     return {
         "unknown_plugin": Case([m, "arch=nope"], "arch=nope: Could not find 'arch/nope'; available options in "
-                               "'arch': batchtopk, gated, jumprelu, l1, matryoshka, topk"),
+                               "'arch': batchtopk, crosscoder, gated, jumprelu, l1, matryoshka, skip_transcoder, topk, "
+                               "transcoder"),
         "wrong_type": Case([m, "layer=abc"], "layer=abc: Value 'abc' of type 'str' could not be converted to "
                            "Integer"),
         "unknown_key": Case([m, "train.lrate=0.1"], "train.lrate: unknown key 'lrate' (TrainConfig); valid keys "

@@ -42,7 +42,9 @@ def test_every_arch_with_each_allowed_penalty_composes_and_builds(composer):
         for pen in cls.allowed_penalties:
             cfg = composer(f"arch={arch}", f"penalty={pen}")
             check_combination(arch, pen)
-            sae = build_sae(cfg, 8, build("penalty", cfg.penalty))  # as the run builds it (k from target_l0)
+            # as the run builds it (k from target_l0), with what a source of the arch's layout passes
+            shape = {"site": {}, "pair": {"d_out": 6}, "layers": {"n_layers": 2}}[cls.layout]
+            sae = build_sae(cfg, 8, build("penalty", cfg.penalty), shape)
             assert sae.encode(torch.zeros(2, 8)).shape == (2, 64)
 
 

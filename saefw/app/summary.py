@@ -25,7 +25,11 @@ def wall_time(record: dict) -> str:
 
 def print_summary(record: dict, run_dir: Path, title: str = "saefw run summary") -> None:
     rows = [("arch", record.get("arch")), ("penalty", record.get("penalty"))]
-    if record.get("layer") is not None:
+    if record.get("layers"):
+        rows.append(("layers / site", f"{', '.join(map(str, record['layers']))} / {record['site']}"))
+    elif record.get("input_site"):
+        rows.append(("layer / sites", f"{record['layer']} / {record['input_site']} → {record['site']}"))
+    elif record.get("layer") is not None:
         rows.append(("layer / site", f"{record['layer']} / {record['site']}"))
     rows += [(label, f"{record[k]:,}") for k, label in (("tokens", "tokens"), ("eval_tokens", "held-out tokens"))
              if k in record]

@@ -21,12 +21,18 @@ from saefw.io.saelens_format import fold_b_dec_input
 
 @dataclass
 class SparsityInput:
-    """What a penalty sees: ``acts`` [B, d_sae] (non-negative), the decoder ``W_dec`` [d_sae, d_in], and for
-    threshold archs ``l0`` [B], a per-token L0 carrying a straight-through gradient."""
+    """What a penalty sees: ``acts`` [B, d_sae] (non-negative), the decoder ``W_dec`` [d_sae, d_out], for
+    threshold archs ``l0`` [B], a per-token L0 carrying a straight-through gradient, and ``decoder_norms`` [d_sae]
+    where a latent's decoder norm is not ‖W_dec,i‖ (a crosscoder: Σ_l ‖W_dec,i^l‖ over the layers it writes)."""
 
     acts: Tensor
     W_dec: Tensor
     l0: Tensor | None = None
+    decoder_norms: Tensor | None = None
+
+    def norms(self) -> Tensor:
+        """‖W_dec,i‖ per latent [d_sae], or ``decoder_norms`` where the arch gives them."""
+        return self.W_dec.norm(dim=-1) if self.decoder_norms is None else self.decoder_norms
 
 
 @dataclass
@@ -71,7 +77,18 @@ class SAE(nn.Module):
       an arch is offered to that arch first), and an arch declines a directory by returning None.
 
     The hooks are inherited: a subclass that declares a different SAELens architecture overrides them.
+
+    ``layout`` says what the dictionary reads and writes, and the source must serve the same rows (checked when the
+    run builds the SAE): ``"site"`` one hook point in and out (rows [B, d_in]); ``"pair"`` one site in and another
+    out (transcoders: rows [B, d_in + d_out], input then target, built with ``d_out``); ``"layers"`` one site at
+    several layers in and out (crosscoders: rows are the layers side by side, built with ``n_layers``).
+    :meth:`split_rows` turns rows into (what the encoder reads, what the decoder must reproduce); everything
+    outside the arch goes through it, so the store, the shuffle buffer, resume and DDP only ever see rows.
     """
+
+    layout = "site"
+    # training-time scales folded into the weights when saving (:meth:`fold_input_scale`), never saved themselves
+    scale_buffers: tuple[str, ...] = ("input_scale",)
 
     plugin_name = "?"
     # the L0 this arch aims at when the run sets no target_l0 (its k, for the top-k archs); see each arch
@@ -84,6 +101,7 @@ class SAE(nn.Module):
     def __init__(self, cfg, d_in: int, d_sae: int):
         super().__init__()
         self.cfg, self.d_in, self.d_sae = cfg, d_in, d_sae
+        self.d_out = d_in  # what the decoder writes; a "pair" arch (transcoder) sets its own
         self.register_buffer("input_scale", torch.tensor(1.0))
 
     def init_tied_weights(self, decoder_norm: float, encoder_bias: bool = True) -> None:
@@ -100,6 +118,32 @@ class SAE(nn.Module):
         """z = (x − b_dec) W_enc + b_enc  (its ∇b_dec costs a matrix-vector product: see
         :func:`~saefw.arch.ops.encoder_pre_acts`)."""
         return encoder_pre_acts(x, self.W_enc, self.b_enc, self.b_dec)
+
+    # --- rows: what sources serve (see ``layout``) ---
+    def split_rows(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """(encoder input, reconstruction target) of source rows, raw or scaled alike: for a "site" SAE both are
+        the rows themselves."""
+        return rows, rows
+
+    def scale_rows(self, rows: Tensor) -> Tensor:
+        """Raw source rows → the scaled space ``train_forward`` works in (``input_scale`` times the rows)."""
+        return rows * self.input_scale
+
+    @property
+    def saved_architecture(self) -> str:
+        """cfg.json's ``architecture`` when no SAELens architecture computes what this SAE computes: the plugin
+        name, unless SAELens uses that name for something else (a ReLU ``transcoder``)."""
+        return self.plugin_name
+
+    def shape_config(self) -> dict:
+        """cfg.json fields, beyond d_in and d_sae, that rebuilding this SAE needs (a transcoder's ``d_out``)."""
+        return {}
+
+    @classmethod
+    def shape_kwargs(cls, cfg: dict) -> dict:
+        """The constructor's keyword arguments beyond d_in and d_sae from a saved cfg.json (see
+        :meth:`shape_config`)."""
+        return {}
 
     # --- the interface used by everything outside training ---
     def encode(self, x: Tensor) -> Tensor:
@@ -192,7 +236,8 @@ class SAE(nn.Module):
 
     # --- the SAELens mapping (see the class docstring; called by saefw.io.saelens_format) ---
     def saelens_config(self) -> dict:
-        """Fields this SAE adds to the top level of its SAELens cfg.json (e.g. topk's ``k``). Default: none."""
+        """Fields this SAE adds to the top level of its cfg.json, SAELens architecture or not (e.g. topk's ``k``, a
+        transcoder's ``apply_b_dec_to_input: false``). Default: none."""
         return {}
 
     def saelens_metadata(self) -> dict:

@@ -16,7 +16,8 @@ log = logging.getLogger("saefw")
 class Evaluator:
     """Streaming evaluator: ``begin`` → ``update`` per held-out batch → ``compute``.
 
-    ``update`` receives raw activations ``x`` [B, d_in], latents ``f`` [B, d_sae] and reconstructions ``x_hat``.
+    ``update`` receives raw activations ``x`` [B, d_out] (what the SAE reconstructs: for a transcoder the target
+    site, not what it reads), latents ``f`` [B, d_sae] and reconstructions ``x_hat``.
     ``compute`` returns named numbers; a 1-D tensor value is a histogram (logged as one, not as a scalar).
     Evaluators that need more than activations (a language model, ground truth) say so in ``requires`` and
     are skipped, with a warning naming them, on a source that cannot provide it."""
@@ -70,10 +71,9 @@ def run_evaluators(sae, source, evaluators: list[Evaluator], batch_size: int = 4
             ev.final = final
             ev.begin(sae, source)
         device = next(sae.parameters()).device
-        for x in source.eval_batches(batch_size):
-            x = x.to(device, torch.float32)
-            f = sae.encode(x)
-            x_hat = sae.decode(f)
+        for rows in source.eval_batches(batch_size):
+            x_in, x = sae.split_rows(rows.to(device, torch.float32))
+            x_hat, f = sae(x_in)  # forward, not decode(f): a skip-transcoder's output also reads x_in
             for ev in evaluators:
                 ev.update(x, f, x_hat)
         out: dict[str, float | Tensor] = {}

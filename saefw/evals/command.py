@@ -66,8 +66,10 @@ def _check_output_dir(out_dir: Path, sae_dir: Path) -> None:
 
 
 def _where(cfg: DictConfig, meta: dict) -> dict:
-    """model, layer, site: the command line's, else the SAE's own."""
-    return {key: cfg[key] if cfg[key] is not None else meta[key] for key in ("model", "layer", "site")}
+    """model, layer, site: the command line's, else the SAE's own (``site`` is the site the dictionary writes:
+    a transcoder's output site)."""
+    own = {**meta, "site": meta.get("site_out") or meta["site"]}
+    return {key: cfg[key] if cfg[key] is not None else own[key] for key in ("model", "layer", "site")}
 
 
 def _nothing_given(key: str) -> bool:
@@ -137,6 +139,10 @@ def evaluate(cfg: DictConfig, out_dir: Path, clock: WallClock | None = None,
     src_cfg = OmegaConf.to_container(cfg.source, resolve=False)
     if entry("source", cfg.source.name).cls.needs_model:
         src_cfg.update(where)  # an LM source reads the SAE's own hook point (or the command line's)
+        if meta.get("site_out") and not given("source.input_site"):
+            src_cfg["input_site"] = meta["site"]  # a transcoder reads one site and writes another
+        if meta.get("layers") and not given("source.layers"):
+            src_cfg["layers"] = list(meta["layers"])
     source = build("source", OmegaConf.create(src_cfg), spec=RunSpec(seed=cfg.seed, train_tokens=0))
     source.setup()
     if sae.d_in != source.d_in:
@@ -148,6 +154,8 @@ def evaluate(cfg: DictConfig, out_dir: Path, clock: WallClock | None = None,
     metrics = run_evaluators(sae, source, evaluators, cfg.eval_batch_size)
     record = {**{k: float(v) for k, v in metrics.items() if not torch.is_tensor(v) or v.ndim == 0},
               "arch": sae.plugin_name, "penalty": meta["penalty"] or "n/a", **where, "source": cfg.source.name,
+              **({"input_site": src_cfg["input_site"]} if src_cfg.get("input_site") else {}),
+              **({"layers": list(src_cfg["layers"])} if src_cfg.get("layers") else {}),
               "d_in": sae.d_in, "d_sae": sae.d_sae, "evaluated_sae": str(sae_dir.resolve()),
               "eval_tokens": sum(len(b) for b in source.eval_batches(cfg.eval_batch_size)),
               "wall_seconds": round(clock.seconds(), 1), "wall_from": clock.origin}

@@ -58,7 +58,7 @@ class LossRecoveredEvaluator(Evaluator):
         sae_device = next(sae.parameters()).device
 
         def reconstruct(x):
-            return sae.decode(sae.encode(x.to(sae_device, torch.float32))).to(x.device)
+            return sae(x.to(sae_device, torch.float32))[0].to(x.device)
 
         states = self.source.eval_states(len(tokens)) if self.cfg.from_hook else None
         batches = list(zip(tokens.split(self.cfg.batch_contexts),

@@ -3,6 +3,11 @@
 
 A rerun with the same settings (and the same SAE weights) reuses the store and only rewrites the dashboard.
 
+A transcoder (``arch=transcoder``/``skip_transcoder``) is scanned at the site it reads (its input, e.g. mlp_in): its
+latents are computed from that site's activations; its logit lens reads the decoder rows W_dec [d_sae, d_out] in the
+site it writes (mlp_out, which adds into the residual stream); the dashboard names both
+(:mod:`saefw.features.sites`). Crosscoders are refused with a clear error.
+
 The scan reads the hook activations of the contexts that a float32 activation store of the same text already
 holds (:func:`activation_store`; training harvested the held-out split's first ``eval_contexts`` and the train
 split's first ``total_tokens``) instead of running the model for them; the model runs for the rest.
@@ -22,6 +27,7 @@ from omegaconf import MISSING, OmegaConf
 from saefw.app.device import resolve_device
 from saefw.errors import SaefwError
 from saefw.features.scan import StoredActivations
+from saefw.features.sites import DictionaryPoints, dictionary_points
 from saefw.lm.corpus import SPLITS, Corpus, documents_of_split
 from saefw.lm.model import model_digest
 from saefw.store.activation_store import ActivationStore, StoreKey, default_root
@@ -169,9 +175,12 @@ def scan_text(cfg, lm, sae, settings: dict, run_dir: Path | None = None) -> tupl
     return result.tokens, stats, result.top.feature_major(), quant, scan_meta
 
 
-def compute(cfg, run_dir: Path, lm, sae, meta: dict, settings: dict, lens_settings: dict, old):
+def compute(cfg, run_dir: Path, lm, sae, meta: dict, settings: dict, lens_settings: dict, old,
+            points: DictionaryPoints | None = None):
     """The feature data: the stored scan and logit lens of ``old`` where their settings match, new ones
-    otherwise, with dead / dense lists for ``cfg.dense_threshold``."""
+    otherwise, with dead / dense lists for ``cfg.dense_threshold``. ``points``: where the SAE reads and writes
+    (default: ``meta``'s one site); a transcoder's are recorded in the store's ``sae`` block (``hook_name``/``site``
+    the input, ``hook_name_out``/``site_out`` the output its decoder rows, and so the logit lens, live in)."""
     from saefw.features.feature_store import FeatureData
     from saefw.features.firing import dead_and_dense
     from saefw.features.logit_lens import logit_lens, unembedding
@@ -187,10 +196,14 @@ def compute(cfg, run_dir: Path, lm, sae, meta: dict, settings: dict, lens_settin
         ll = logit_lens(unembedding(lm.model), sae.decoder_directions, cfg.logit_lens_k)
         lens = {k: getattr(ll, k) for k in ("promoted_ids", "promoted_values", "suppressed_ids", "suppressed_values")}
     dead, dense = dead_and_dense(stats["fired"], scan_meta["n_tokens"], cfg.dense_threshold)
+    points = points or DictionaryPoints(int(meta["layer"]), meta["site"], meta["site"])
+    sae_meta = {"folder": str(run_dir), "model": meta["model"], "layer": meta["layer"], "site": meta["site"],
+                "hook_name": meta.get("hook_name") or lm.hook_name, "d_in": sae.d_in, "d_sae": sae.d_sae,
+                "digest": settings["sae_digest"]}
+    if points.is_pair:
+        sae_meta.update(site_out=points.write_site, hook_name_out=points.write_hook, d_out=sae.d_out)
     new_meta = {"settings": {"scan": settings, "logit_lens": lens_settings},
-                "sae": {"folder": str(run_dir), "model": meta["model"], "layer": meta["layer"], "site": meta["site"],
-                        "hook_name": meta.get("hook_name") or lm.hook_name, "d_in": sae.d_in, "d_sae": sae.d_sae,
-                        "digest": settings["sae_digest"]},
+                "sae": sae_meta,
                 "scan": scan_meta,
                 "window": {"before": cfg.window_before, "after": cfg.window_after, "max_index": cfg.window_before},
                 "quantile_levels": [k / cfg.quantiles for k in range(cfg.quantiles + 1)],
@@ -219,6 +232,7 @@ def features(cfg, output_dir: Path | None = None) -> dict:
         raise SaefwError(f"context_size={context_size} must be at least 2 (BOS + one token)")
     device = resolve_device(cfg.device)
     sae = load_sae(run_dir, device=device)
+    points = dictionary_points(run_dir, meta, sae, "saefw.features")
     digest = store.sae_digest(sae)
     settings = scan_settings(cfg, meta, corpus, context_size, digest)
     lens_settings = {"sae_digest": digest, "model": meta["model"], "k": cfg.logit_lens_k}
@@ -229,16 +243,21 @@ def features(cfg, output_dir: Path | None = None) -> dict:
     old = store.load(run_dir) if reusable else None
     fresh = old is None or old.meta["settings"] != {"scan": settings, "logit_lens": lens_settings}
     scan_reused = old is not None and old.meta["settings"]["scan"] == settings
-    lm = LanguageModel(meta["model"], int(meta["layer"]), meta["site"], device=device)
-    data = compute(cfg, run_dir, lm, sae, meta, settings, lens_settings, old)
+    # the scan hooks the site the SAE reads (a transcoder's input: its latents are a function of it alone)
+    lm = LanguageModel(meta["model"], points.layer, points.read_site, device=device)
+    data = compute(cfg, run_dir, lm, sae, meta, settings, lens_settings, old, points)
     if fresh or old.meta["dense_threshold"] != cfg.dense_threshold:
         store.save(folder, data)
-    run_info = {"model": meta["model"], "hook_name": data.meta["sae"]["hook_name"], "corpus": corpus,
+    hook = data.meta["sae"]["hook_name"]
+    run_info = {"model": meta["model"], "hook_name": hook, "hooks": points.describe(hook), "corpus": corpus,
                 "split": cfg.split, "folder": str(run_dir)}
+    if points.is_pair:
+        run_info["hook_name_out"] = points.write_hook
     page = write_dashboard(data, run_dir / "dashboard", decode_tokens(lm.tokenizer), run_info,
                            contexts=cfg.dashboard.contexts, samples=cfg.dashboard.quantile_samples,
                            chunk_size=cfg.dashboard.chunk_size)
     summary = {"store": str(folder), "dashboard": str(page), "reused": scan_reused, "d_sae": data.d_sae,
+               "hooks": run_info["hooks"],
                "n_tokens": data.meta["scan"]["n_tokens"], "dead": len(data.dead), "dense": len(data.dense),
                "from_store": data.meta["scan"].get("from_store", 0), "n_contexts": data.meta["scan"]["n_contexts"]}
     print_summary(summary, data)
@@ -250,6 +269,7 @@ def print_summary(summary: dict, data) -> None:
     read = (f" ({summary['from_store']:,} of {summary['n_contexts']:,} contexts read from the activation store)"
             if summary["from_store"] and not summary["reused"] else "")
     rows = [("tokens scanned", f"{summary['n_tokens']:,}" + (" (stored scan reused)" if summary["reused"] else read)),
+            ("hook point", summary["hooks"]),
             ("features", f"{summary['d_sae']:,}: {live:,} live, {summary['dense']:,} dense "
                          f"(> {data.meta['dense_threshold']:.0%} of tokens), {summary['dead']:,} dead"),
             ("feature store", summary["store"]), ("dashboard", summary["dashboard"])]

@@ -4,7 +4,8 @@ commands (relations, explanations) read it instead of scanning again.
 Files (safetensors for tensors, JSON for the rest; every tensor is indexed by feature first):
 
 * ``meta.json`` — ``format``, ``settings`` (``scan`` and ``logit_lens``: the keys a rerun compares to decide
-  whether to reuse), ``sae`` (model, layer, site, hook_name, d_in, d_sae, digest), ``scan`` (n_contexts,
+  whether to reuse), ``sae`` (model, layer, site, hook_name, d_in, d_sae, digest; a transcoder adds
+  site_out, hook_name_out and d_out: ``site``/``hook_name`` are its input), ``scan`` (n_contexts,
   n_tokens, context_size, corpus, split), ``window`` (before, after, max_index), ``quantile_levels``,
   ``dead`` and ``dense`` (lists of feature indices) with ``dense_threshold``.
 * ``tokens.safetensors`` — ``tokens`` [n_contexts, context_size] int32: the scanned contexts, BOS in column 0.

@@ -32,9 +32,13 @@ def unembedding(model: nn.Module) -> Tensor:
 @torch.no_grad()
 def logit_lens(W_U: Tensor, directions: Tensor, k: int, chunk: int = 256) -> LogitLens:
     """Top-``k`` promoted and suppressed tokens of each direction: logits_i = W_U · d_i for ``directions``
-    [d_sae, d_model] (unit decoder rows) and ``W_U`` [vocab, d_model]. Chunked over features, so the
+    [d_sae, d_out] (unit decoder rows; d_out = d_model: the SAE writes one residual-stream-sized site, e.g. a
+    transcoder's mlp_out) and ``W_U`` [vocab, d_model]. Chunked over features, so the
     [vocab, d_sae] logit matrix is never held at once. The final norm is not applied: this is the direct
     effect of the direction on the unembedding, as in the logit lens."""
+    if directions.shape[-1] != W_U.shape[-1]:
+        raise SaefwError(f"the decoder rows have {directions.shape[-1]} columns but the unembedding reads "
+                         f"d_model={W_U.shape[-1]}: a logit lens needs directions in one residual-stream-sized site")
     k = min(k, W_U.shape[0])
     W = W_U.float()
     parts = []

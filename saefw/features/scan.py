@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from saefw.errors import SaefwError
 from saefw.features.running_top import RunningTop
 from saefw.store.activation_store import ActivationStore, CorruptShardError
 
@@ -158,6 +159,9 @@ def scan(lm, sae, contexts: Iterable[Tensor], settings: ScanSettings, n_contexts
     for batch in contexts:
         B, T = batch.shape
         x = activations(batch, seen).to(device, torch.float32)  # [B, T−1, d]
+        if x.shape[-1] != sae.d_in:
+            raise SaefwError(f"the scanned activations have {x.shape[-1]} columns but the SAE reads d_in={sae.d_in}: "
+                             f"the hook point is not the one the SAE reads")
         f = torch.zeros(B, T, d_sae, device=device)  # BOS: never encoded, never scored
         f[:, 1:] = sae.encode(x.reshape(B * (T - 1), -1)).reshape(B, T - 1, d_sae).float()
         body = f[:, 1:].reshape(-1, d_sae)  # [B·(T−1), d_sae]

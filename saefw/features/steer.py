@@ -1,6 +1,9 @@
 """``python -m saefw.steer run=<dir> feature=<i> scale=<s> prompt="..."``: generate with and without steering
 by SAE features at the SAE's hook point, printed side by side.
 
+A transcoder steers the site it writes (``site_out``, e.g. mlp_out: its decoder rows live there); its clamp mode
+reads the latents from the site it reads (mlp_in) in the same forward. Crosscoders are refused with a clear error.
+
 ``mode=add`` (default) adds scale × the unit decoder direction of each feature at every position after BOS
 (prompt and generated tokens); ``mode=clamp value=<v>`` sets the features' activations to v through
 encode → edit → decode, keeping the SAE's error term. Several features at once: ``feature=[3,7] scale=[4,-2]``.
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import textwrap
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, ListConfig
 
 from saefw.errors import SaefwError
+from saefw.features.sites import dictionary_points
+from saefw.features.steering import reading_input
 
 
 @dataclass
@@ -100,27 +106,34 @@ def steer(cfg, output_dir: Path | None = None) -> dict:
         raise SaefwError(f"{run_dir} does not say which {', '.join(missing)} its SAE reads")
     device = resolve_device(cfg.device)
     sae = load_sae(run_dir, device=device)
+    points = dictionary_points(run_dir, meta, sae, "saefw.steer")
     edit, what = build_edit(cfg, sae)
-    lm = LanguageModel(meta["model"], int(meta["layer"]), meta["site"], device=device)
+    # the edit is in the decoder's space: the site the SAE writes (a transcoder's output, not its input)
+    lm = LanguageModel(meta["model"], points.layer, points.write_site, device=device)
     ids = lm.tokenizer(str(cfg.prompt), add_special_tokens=False).input_ids
     if not ids:
         raise SaefwError("prompt is empty")
     tokens = torch.tensor([[lm.bos_id, *ids]])
     out = {}
-    for name, replace in (("unsteered", None), ("steered", edit)):
-        # the same seed for both, so with sampling only the edit differs
-        new = lm.generate(tokens, cfg.max_new_tokens, replace=replace, temperature=cfg.temperature,
-                          top_p=cfg.top_p, seed=cfg.seed, stop_at_eos=cfg.stop_at_eos)[0].tolist()
-        eos = lm.tokenizer.eos_token_id
-        if eos in new:
-            new = new[: new.index(eos)]
-        out[name] = lm.tokenizer.decode(new)
+    # a transcoder's clamp encodes its input site's activation, captured in the same forward
+    reads_input = points.is_pair and cfg.mode == "clamp"
+    with reading_input(lm, points.read, edit) if reads_input else nullcontext(edit) as steered:
+        for name, replace in (("unsteered", None), ("steered", steered)):
+            # the same seed for both, so with sampling only the edit differs
+            new = lm.generate(tokens, cfg.max_new_tokens, replace=replace, temperature=cfg.temperature,
+                              top_p=cfg.top_p, seed=cfg.seed, stop_at_eos=cfg.stop_at_eos)[0].tolist()
+            eos = lm.tokenizer.eos_token_id
+            if eos in new:
+                new = new[: new.index(eos)]
+            out[name] = lm.tokenizer.decode(new)
     decoding = "greedy" if cfg.temperature == 0 else f"sampled (temperature {cfg.temperature}, top_p {cfg.top_p}, " \
                                                      f"seed {cfg.seed})"
-    header = [f"prompt:   {cfg.prompt}", f"steering: {what} at {meta.get('hook_name') or lm.hook_name}, every "
-              f"position after BOS", f"decoding: {decoding}, up to {cfg.max_new_tokens} new tokens"]
+    where = (f"{points.write_hook} (the transcoder's output; it reads {meta.get('hook_name') or points.read_hook})"
+             if points.is_pair else meta.get("hook_name") or lm.hook_name)
+    header = [f"prompt:   {cfg.prompt}", f"steering: {what} at {where}, every position after BOS",
+              f"decoding: {decoding}, up to {cfg.max_new_tokens} new tokens"]
     print("\n".join(["", *header, "", side_by_side(out["unsteered"], out["steered"])]), flush=True)
-    return {"prompt": cfg.prompt, "description": what, **out}
+    return {"prompt": cfg.prompt, "description": what, "hook_name": lm.hook_name, **out}
 
 
 def side_by_side(left: str, right: str, width: int | None = None) -> str:

@@ -52,7 +52,9 @@ def saelens_architecture(sae) -> str | None:
 
     Read from the class's own body (``saelens_architecture = "topk"``), never inherited: a subclass usually
     changes the maths (a plugin that rescales the decoder is no longer SAELens's ``standard``)."""
-    return vars(type(sae)).get("saelens_architecture")
+    value = vars(type(sae)).get("saelens_architecture")
+    # a property when the SAELens equivalent depends on the instance (a transcoder's activation)
+    return value.__get__(sae) if isinstance(value, property) else value
 
 
 def saelens_reads(cls: type) -> tuple[str, ...]:
@@ -87,7 +89,8 @@ def export_config(sae, provenance: dict | None = None) -> dict:
     overwrite the SAE's own fields: top-level keys are the SAE's, and a provenance key that names one of
     SAELens's or saefw's own metadata fields is kept under ``source_<key>`` instead. An arch that declares a
     SAELens architecture adds its own fields through :meth:`~saefw.arch.base.SAE.saelens_config` and
-    :meth:`~saefw.arch.base.SAE.saelens_metadata`; one that declares none is saved under its plugin name."""
+    :meth:`~saefw.arch.base.SAE.saelens_metadata`; one that declares none is saved under its
+    ``saved_architecture`` (its plugin name unless that would name a different SAELens architecture)."""
     arch = saelens_architecture(sae)
     metadata: dict = {"sae_lens_version": SCHEMA_VERSION, "sae_lens_training_version": None}
     for key, value in (provenance or {}).items():
@@ -99,11 +102,11 @@ def export_config(sae, provenance: dict | None = None) -> dict:
         metadata.update(sae.saelens_metadata())
     metadata["saefw"] = {"format": FORMAT, "architecture": sae.plugin_name,
                          "arch_config": dataclasses.asdict(sae.cfg)}
-    cfg = {"architecture": arch or sae.plugin_name, "d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": "float32",
+    cfg = {"architecture": arch or sae.saved_architecture, "d_in": sae.d_in, "d_sae": sae.d_sae, **sae.shape_config(),
+           "dtype": "float32",
            "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none",
            "reshape_activations": "none"}
-    if arch is not None:
-        cfg.update(sae.saelens_config())
+    cfg.update(sae.saelens_config())  # e.g. a transcoder's apply_b_dec_to_input: false, in either format
     cfg["metadata"] = metadata
     return cfg
 

@@ -19,14 +19,14 @@ from safetensors.torch import load_file, save_file
 from saefw.app.atomic import atomic_path, write_json
 from saefw.errors import SaefwError
 from saefw.io import saelens_format
-from saefw.registry import build, discover, names
+from saefw.registry import build, discover, entry, names
 
 log = logging.getLogger(__name__)
 
 WEIGHTS, CONFIG = saelens_format.WEIGHTS, "cfg.json"
 LEGACY_WEIGHTS = "sae.safetensors"  # format 1 (saefw before the SAELens layout)
 
-_HOOK = re.compile(r"^blocks\.(\d+)\.(?:hook_(resid_pre|resid_post|mlp_out|attn_out)$)?")
+_HOOK = re.compile(r"^blocks\.(\d+)\.(?:hook_(resid_pre|resid_post|mlp_out|attn_out)$|(ln2\.hook_normalized)$)?")
 
 
 def fold_input_scale(sae):
@@ -48,7 +48,8 @@ def save_sae(sae, folder: Path, provenance: dict | None = None) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     folded = fold_input_scale(sae)
-    state = {k: v.detach().float().cpu().contiguous() for k, v in folded.state_dict().items() if k != "input_scale"}
+    state = {k: v.detach().float().cpu().contiguous() for k, v in folded.state_dict().items()
+             if k not in folded.scale_buffers}
     tensors = {k: v.contiguous() for k, v in saelens_format.export_tensors(folded, state).items()}
     cfg = saelens_format.export_config(folded, provenance)
     with atomic_path(folder / WEIGHTS) as tmp:
@@ -132,10 +133,11 @@ def load_sae(folder: Path, device: str = "cpu"):
         else:
             arch, arch_config, tensors = _resolve_arch(cfg, folder, _read_tensors(folder / WEIGHTS, device))
         d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
+        shape = entry("arch", arch).cls.shape_kwargs(cfg)
     except (KeyError, TypeError, ValueError) as exc:
         raise SaefwError(f"{folder / CONFIG} is corrupt: {exc!r}") from None
-    sae = build("arch", arch_config, name=arch, d_in=d_in, d_sae=d_sae)
-    expected = set(sae.state_dict()) - {"input_scale"}
+    sae = build("arch", arch_config, name=arch, d_in=d_in, d_sae=d_sae, **shape)
+    expected = set(sae.state_dict()) - set(sae.scale_buffers)
     missing, extra = expected - set(tensors), set(tensors) - expected
     if missing or extra:
         raise SaefwError(f"{folder}: the weights do not fit arch={arch}: "
@@ -153,13 +155,16 @@ def parse_hook_name(hook_name: str | None) -> tuple[int | None, str | None]:
     """(layer, site) of a TransformerLens-style hook name: ``blocks.6.hook_resid_post`` → (6, "resid_post");
     a hook inside a block that saefw cannot hook (``blocks.6.attn.hook_z``) gives (6, None)."""
     m = _HOOK.match(hook_name or "")
-    return (int(m.group(1)), m.group(2)) if m else (None, None)
+    if not m:
+        return None, None
+    return int(m.group(1)), "mlp_in" if m.group(3) else m.group(2)
 
 
 def sae_metadata(folder: Path) -> dict:
     """Where the SAE saved in ``folder`` reads its activations, in saefw's names: ``model``, ``layer``, ``site``,
     ``hook_name``, ``context_size``, ``corpus``, ``prepend_bos`` (None where the file does not say), and
-    ``penalty`` and ``source`` (saefw runs only, where recorded). Works for saefw (both formats) and SAELens directories; layer and site
+    ``penalty`` and ``source`` (saefw runs only, where recorded), ``site_out`` (a transcoder: the site it writes;
+    ``site`` is the one it reads) and ``layers`` (a crosscoder's). Works for saefw (both formats) and SAELens directories; layer and site
     come from the hook name when the file has no explicit field."""
     cfg = read_config(folder)
     meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
@@ -177,7 +182,7 @@ def sae_metadata(folder: Path) -> dict:
     return {"model": pick("model_name"), "layer": explicit_layer if explicit_layer is not None else layer,
             "site": pick("site") or site, "hook_name": hook, "context_size": pick("context_size"),
             "corpus": pick("dataset_path"), "prepend_bos": pick("prepend_bos"), "penalty": pick("penalty"),
-            "source": pick("source")}
+            "source": pick("source"), "site_out": pick("site_out"), "layers": pick("layers")}
 
 
 def hooked_sae_metadata(folder: Path, label: str) -> dict:

@@ -2,7 +2,8 @@
 GPT-NeoX/Pythia and Llama-style families.
 
 Sites: ``resid_pre`` (input of block ``layer``), ``resid_post`` (its output), ``attn_out`` and ``mlp_out``
-(outputs of its attention and MLP modules). Position 0 of every context is BOS: it is never harvested, never
+(outputs of its attention and MLP modules) and ``mlp_in`` (the MLP module's input, after the block's pre-MLP norm:
+what a transcoder reads; TransformerLens calls it ``blocks.L.ln2.hook_normalized``). Position 0 of every context is BOS: it is never harvested, never
 replaced when splicing, and never scored, so every metric uses the same set of positions.
 
 A forward can also start at a hook point instead of the embeddings (:meth:`LanguageModel.resumed`): given the
@@ -22,8 +23,12 @@ from torch import Tensor, nn
 from saefw.errors import SaefwError
 from saefw.lm.embedded import EMBEDDED_MODELS, resolve_model
 
-SITES = ("resid_pre", "resid_post", "mlp_out", "attn_out")
+SITES = ("resid_pre", "resid_post", "mlp_out", "attn_out", "mlp_in")
 RESID_SITES = ("resid_pre", "resid_post")
+# sites that are a module's input (a forward pre-hook) rather than its output
+_INPUT_SITES = ("resid_pre", "mlp_in")
+# TransformerLens's names where they are not blocks.L.hook_<site>
+_TL_NAMES = {"mlp_in": "ln2.hook_normalized"}
 _BLOCK_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
 # the module that reads the last block's output (a forward that starts after the last block enters here)
 _FINAL_NORM_PATHS = ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm")
@@ -176,8 +181,9 @@ def model_digest(name: str, local_files_only: bool = True) -> str:
 
 
 def hook_name(layer: int, site: str) -> str:
-    """TransformerLens/SAELens name of a hook point, e.g. ``blocks.6.hook_resid_post``."""
-    return f"blocks.{layer}.hook_{site}"
+    """TransformerLens/SAELens name of a hook point, e.g. ``blocks.6.hook_resid_post``, ``blocks.6.ln2.hook_normalized``
+    (mlp_in)."""
+    return f"blocks.{layer}.{_TL_NAMES.get(site, f'hook_{site}')}"
 
 
 def n_layers_of(config) -> int:
@@ -195,10 +201,16 @@ def check_layer_site(name: str, n_layers: int, layer: int, site: str) -> None:
 
 
 class LanguageModel:
-    """A ``transformers`` causal LM with one hook point: harvest, splice, and next-token cross-entropy."""
+    """A ``transformers`` causal LM with one hook point: harvest, splice, and next-token cross-entropy.
+
+    ``reads``/``writes``: the hook points a dictionary reads and writes when they are not just (layer, site) — a
+    transcoder reads ``[(L, "mlp_in")]`` and writes ``[(L, "mlp_out")]``, a crosscoder reads and writes one site at
+    several layers. (layer, site) is then the first written point: splicing (:meth:`logits`) replaces every
+    written point, ``generate`` edits (layer, site)."""
 
     def __init__(self, name: str, layer: int, site: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 local_files_only: bool = True, trust_remote_code: bool = False):
+                 local_files_only: bool = True, trust_remote_code: bool = False,
+                 reads: list[tuple[int, str]] | None = None, writes: list[tuple[int, str]] | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.name, self.layer, self.site, self.device = name, layer, site, torch.device(device)
@@ -218,7 +230,14 @@ class LanguageModel:
         self._blocks = _get(self.model, self._block_path)
         self._module = self.hook_module(layer, site)
         self.hook_name = hook_name(layer, site)
-        self.resume_point = resume_point(layer, site)
+        self.writes = list(writes or [(layer, site)])
+        self.reads = list(reads or self.writes)
+        for point in {*self.reads, *self.writes}:
+            check_layer_site(name, self.n_layers, *point)
+        self.one_point = self.reads == self.writes == [(layer, site)]
+        # the latest point a forward can start at and still see every read point and apply every edit
+        self.resume_point = min((resume_point(*p) for p in {*self.reads, *self.writes}),
+                                key=lambda p: resume_block(*p))
         self._resume_checked: dict[tuple[int, str], bool] = {}
 
     def hook_module(self, layer: int, site: str) -> nn.Module:
@@ -227,7 +246,7 @@ class LanguageModel:
         block = self._blocks[layer]
         if site == "attn_out":
             return _child(block, _ATTN_NAMES, site)
-        if site == "mlp_out":
+        if site in ("mlp_out", "mlp_in"):
             return _child(block, _MLP_NAMES, site)
         return block
 
@@ -265,7 +284,7 @@ class LanguageModel:
         return a replacement."""
         site = self.site if site is None else site
         module = self._module if layer is None else self.hook_module(layer, site)
-        if site == "resid_pre":
+        if site in _INPUT_SITES:
             def pre(module, args, kwargs):
                 if args:
                     new = fn(args[0])
@@ -282,6 +301,13 @@ class LanguageModel:
             yield
         finally:
             handle.remove()
+
+    def hooked(self, fn: Callable[[Tensor], Tensor | None], layer: int, site: str):
+        """A context manager: inside it, ``fn`` sees the whole activation [B, T, d] at (layer, site) in every
+        forward (:meth:`generate`'s cached steps included) and may return a replacement (None: unchanged). For
+        edits that need a second point beside the one :meth:`generate` edits (a transcoder steered by clamping
+        reads its input site there)."""
+        return self._hook(fn, layer, site)
 
     # --- forwards that start at a hook point ---
     def _entry(self, point: tuple[int, str]) -> tuple[int, nn.Module | None]:
@@ -378,6 +404,11 @@ class LanguageModel:
         ``start_point`` to begin from (see :meth:`resumed`; an edit at ``start_point`` applies to it)."""
         captured: dict[tuple[int, str], Tensor] = {}
         wanted = set(points)
+        if start is not None and (start_point or self.resume_point) in wanted:
+            # the start point's block does not run in a resumed forward: its activation is the state itself
+            captured[start_point or self.resume_point] = start.to(self.device).detach()
+            if len(captured) == len(wanted):
+                return captured
 
         def grabber(point):
             def grab(x):
@@ -401,7 +432,18 @@ class LanguageModel:
         """Full-model logits [B, T, V]. ``replace`` maps the non-BOS activations [B, T−1, d] to their
         replacement; ``capture`` (a dict) receives the clean activation under key ``"x"``. ``start``: the
         residual stream at :attr:`resume_point` [B, T, d] for these tokens: the forward runs from there on
-        (:meth:`resumed`), with the same result."""
+        (:meth:`resumed`), with the same result.
+
+        With ``reads``/``writes`` other than (layer, site), ``replace`` maps the clean non-BOS activations of every
+        read point, side by side [B, T−1, Σ d], to those of every written point [B, T−1, Σ d]: one forward that
+        stops at the last read point captures them (a crosscoder reads later layers than the first one it
+        writes), then the spliced forward replaces every written point."""
+        if replace is not None and not self.one_point:
+            clean = self.capture(tokens, self.reads, start=start)
+            new = replace(torch.cat([clean[p][:, 1:] for p in self.reads], -1))
+            sizes = [self.d_model] * len(self.writes)
+            edits = {p: _set_body(part) for p, part in zip(self.writes, new.split(sizes, -1))}
+            return self._forward(tokens, edits, start).logits.float()
 
         def splice(x):
             if capture is not None:
@@ -483,6 +525,15 @@ class LanguageModel:
             torch.manual_seed(seed)
             out = self.model.generate(tokens, attention_mask=torch.ones_like(tokens), generation_config=gen)
         return out[:, tokens.shape[1]:].cpu()
+
+
+def _set_body(body: Tensor) -> Callable[[Tensor], Tensor]:
+    """An edit that puts ``body`` [B, T−1, d] in place of an activation's non-BOS positions."""
+    def edit(x):
+        new = x.clone()
+        new[:, 1:] = body.to(x.dtype)
+        return new
+    return edit
 
 
 def next_token_ce(logits: Tensor, tokens: Tensor, log_probs: Tensor | None = None) -> Tensor:

@@ -30,4 +30,4 @@ class L1DecoderNormPenalty(Penalty):
     def __call__(self, s):
         # summed over tokens first: one pass over [B, d_sae] forward and none backward (= (f·‖W_dec‖).sum(-1).mean())
         acts = s.acts.reshape(-1, s.acts.shape[-1])
-        return acts.sum(0) @ s.W_dec.norm(dim=-1).to(acts.dtype) / acts.shape[0]
+        return acts.sum(0) @ s.norms().to(acts.dtype) / acts.shape[0]

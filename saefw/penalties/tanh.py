@@ -26,4 +26,4 @@ class TanhPenalty(Penalty):
     W_dec and needs no unit-norm constraint."""
 
     def __call__(self, s):
-        return torch.tanh(self.cfg.sharpness * s.acts * s.W_dec.norm(dim=-1)).sum(-1).mean()
+        return torch.tanh(self.cfg.sharpness * s.acts * s.norms()).sum(-1).mean()

@@ -6,12 +6,17 @@ Writes ``relations.json``/``relations.csv`` (:mod:`saefw.relations.table`), ``re
 ``relations.png`` (:mod:`saefw.relations.graph`) into ``out``, and a "Relations" panel into the dashboard
 of every run that has one (:mod:`saefw.relations.panel`).
 
+``crosscoder=<dir>`` (a crosscoder's run directory, with or without ``runs``): how its latents spread over the
+layers it reads, from its decoder norms alone (no model, no text): ``layer_profile.csv``/``.json``/``.png``
+(:mod:`saefw.relations.layer_profile`) in ``out``, and a section of ``relations.html`` where that is written.
+
 The ablations of a pair start at the upstream hook point from the clean residual stream its firing pass kept
 (``n_tokens`` × d × 4 bytes of host memory, e.g. 75 MB for 32k tokens of SmolLM2), so they run only the blocks
 between the two hook points.
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +28,12 @@ from omegaconf import MISSING, ListConfig
 
 from saefw.app.device import resolve_device
 from saefw.errors import SaefwError
-from saefw.io.saved import load_sae
+from saefw.io.saved import load_sae, read_config, sae_metadata
 from saefw.lm.model import LanguageModel
 from saefw.relations import graph as graph_mod
 from saefw.relations.ablation import ablation_effects, select_sources, source_firing
 from saefw.relations.decoder_cosine import best_matches
+from saefw.relations.layer_profile import SHARED_ABOVE, write_layer_profile
 from saefw.relations.panel import write_relations_panel
 from saefw.relations.table import (
     RunInfo,
@@ -44,7 +50,9 @@ log = logging.getLogger("saefw.relations")
 
 @dataclass
 class RelationsConfig:
-    runs: list[str] = MISSING  # run directories (any saved SAE directories) in forward-pass order
+    runs: list[str] | None = None  # run directories (any saved SAE directories) in forward-pass order
+    crosscoder: str | None = None  # a crosscoder's run directory (arch=crosscoder): its per-layer decoder profile
+    shared_above: float = SHARED_ABOVE  # a crosscoder latent is shared when no layer holds more than this share
     out: str = MISSING  # output directory (the config file gives a dated one under outputs/relations/)
     corpus: str | None = None  # default: the first SAE's training corpus
     corpus_text_field: str = "text"
@@ -77,6 +85,9 @@ def check_runs(runs: list[str]) -> list[tuple[Path, dict]]:
     from saefw.io.saved import hooked_sae_metadata
     from saefw.relations.ablation import depth
 
+    if runs is None:
+        raise SaefwError("give runs=[<dir L>,<dir L+1>,...] (SAEs at successive hook points of one model) and/or "
+                         "crosscoder=<dir> (a crosscoder's run directory)")
     if not isinstance(runs, (list, tuple, ListConfig)) or len(runs) < 2:
         raise SaefwError(f"runs={runs!r} must list at least two run directories: runs=[<dir L>,<dir L+1>]")
     out = []
@@ -119,6 +130,49 @@ def check_settings(cfg) -> None:
             raise SaefwError(f"{key}={cfg[key]} must be at least 1")
     if not 0 < cfg.max_density <= 1:
         raise SaefwError(f"max_density={cfg.max_density} must be in (0, 1]")
+    if not 0 < cfg.shared_above <= 1:
+        raise SaefwError(f"shared_above={cfg.shared_above} must be in (0, 1]")
+    if cfg.runs is None and cfg.crosscoder is None:
+        check_runs(None)
+
+
+def crosscoder_layers(folder: Path, n_layers: int) -> list[int]:
+    """The model layers a crosscoder's decoder segments write, in their order: ``metadata.layers`` of its cfg.json
+    (what training records from ``source.layers``), else their positions 0 … L−1 (with a warning)."""
+    meta = read_config(folder).get("metadata")
+    layers = meta.get("layers") if isinstance(meta, dict) else None
+    if isinstance(layers, list) and len(layers) == n_layers and all(isinstance(x, int) for x in layers):
+        return layers
+    log.warning("%s does not record the %d layers its crosscoder reads (metadata.layers): its layers are numbered by "
+                "position, 0 … %d", folder, n_layers, n_layers - 1)
+    return list(range(n_layers))
+
+
+def load_crosscoder(crosscoder: str):
+    """The crosscoder saved in ``crosscoder`` (on the CPU: only its decoder is read), with a clear error for any
+    other SAE."""
+    folder = Path(str(crosscoder)).expanduser()
+    if not folder.is_dir():
+        raise SaefwError(f"crosscoder={str(crosscoder)!r} is not a directory")
+    sae = load_sae(folder)
+    if sae.layout != "layers" or not hasattr(sae, "layer_norms"):
+        raise SaefwError(f"crosscoder={folder} holds an arch={sae.plugin_name} SAE (layout {sae.layout!r}); expected "
+                         f"arch=crosscoder, one dictionary over several layers (trained with source.layers=[...]). "
+                         f"Separately trained SAEs at successive layers go in runs=[...]")
+    return folder, sae
+
+
+def crosscoder_profile(cfg, out_dir: Path, folder: Path, sae) -> dict:
+    """The layer profile of the crosscoder ``sae`` (saved in ``folder``) written into ``out_dir``: its paths,
+    summary (what ``layer_profile.json`` holds), label and layers."""
+    layers = crosscoder_layers(folder, sae.n_layers)
+    meta = sae_metadata(folder)
+    label = f"crosscoder L{layers[0]}\u2013{layers[-1]}" + (f" {meta['site']}" if meta.get("site") else "")
+    title = f"{label} ({sae.d_sae:,} latents)" + (f" of {meta['model']}" if meta.get("model") else "")
+    paths = write_layer_profile(sae, layers, out_dir, cfg.shared_above, title=f"Decoder norm per layer: {title}")
+    return {"folder": str(folder), "label": label, "layers": layers, "csv": str(paths.csv),
+            "json": str(paths.summary), "png": str(paths.figure),
+            "summary": json.loads(paths.summary.read_text())}
 
 
 def held_out_contexts(cfg, lm, corpus: str, context_size: int) -> torch.Tensor:
@@ -176,9 +230,10 @@ def pair_relations(cfg, k: int, up, down, infos: list, lm, contexts, sources) ->
 
 
 def write_figures(cfg, record: dict, edges: list[dict], runs: list, infos: list, tokenizer, out_dir: Path,
-                  model: str) -> tuple[Path, Path, list[str], list[dict]]:
-    """The effect graph as PNG and HTML (features labelled by their top tokens, linked to their dashboards) and a
-    relations panel in each run's dashboard: (png, html, panels, the strongest edges as table rows)."""
+                  model: str, profile: dict | None = None) -> tuple[Path, Path, list[str], list[dict]]:
+    """The effect graph as PNG and HTML (features labelled by their top tokens, linked to their dashboards; with a
+    section for a crosscoder's layer ``profile``) and a relations panel in each run's dashboard: (png, html,
+    panels, the strongest edges as table rows)."""
     nodes: dict[int, set[int]] = {}
     for e in edges:
         if e["kind"] == "effect":
@@ -199,7 +254,8 @@ def write_figures(cfg, record: dict, edges: list[dict], runs: list, infos: list,
     top_edges = strongest(record, "effect", 50)
     table = [{"source": name(e["source_run"], e["source"]), "target": name(e["target_run"], e["target"]),
               "value": e["value"], "fraction": e["fraction"], "cosine": e["cosine"]} for e in top_edges]
-    html = graph_mod.write_html(graph, out_dir / "relations.html", title, table)
+    html = graph_mod.write_html(graph, out_dir / "relations.html", title, table,
+                                page_profile(profile, out_dir) if profile else None)
     panels = []
     if cfg.dashboards:
         for info in infos:
@@ -209,13 +265,36 @@ def write_figures(cfg, record: dict, edges: list[dict], runs: list, infos: list,
 
 
 def relations(cfg, output_dir: Path | None = None) -> dict:
-    """The command (see the module docstring)."""
+    """The command (see the module docstring): the chain of ``runs``, the layer profile of ``crosscoder``, or both
+    (into the same ``out``)."""
     check_settings(cfg)
-    runs = check_runs(cfg.runs)
+    runs = check_runs(cfg.runs) if cfg.runs is not None else None
+    crosscoder = load_crosscoder(cfg.crosscoder) if cfg.crosscoder is not None else None  # fail before the runs
     out_dir = Path(cfg.out if cfg.out else output_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
+    summary: dict = {"out": str(out_dir)}
+    if crosscoder is not None:
+        summary["layer_profile"] = crosscoder_profile(cfg, out_dir, *crosscoder)
+    top, note = [], ""
+    if runs is not None:
+        chain, top, note = chain_relations(cfg, runs, out_dir, summary.get("layer_profile"))
+        summary.update(chain)
+    print_summary(summary, top[:10], note)
+    return summary
+
+
+def chain_relations(cfg, runs: list[tuple[Path, dict]], out_dir: Path, profile: dict | None
+                    ) -> tuple[dict, list[dict], str]:
+    """Relations of the SAEs of ``runs`` written into ``out_dir`` (``profile``: a crosscoder's layer profile for a
+    section of the page): (their paths and edge counts, the strongest edges as table rows, the cosine/effect
+    note)."""
     device = resolve_device(cfg.device)
     saes = [load_sae(folder, device=device) for folder, _ in runs]
+    for (folder, _), sae in zip(runs, saes):
+        if sae.layout != "site":
+            raise SaefwError(f"runs: {folder} holds an arch={sae.plugin_name} SAE (layout {sae.layout!r}); runs= "
+                             f"takes SAEs that read and write one hook point"
+                             + (": pass a crosscoder as crosscoder=<dir>" if sae.layout == "layers" else ""))
     chosen = feature_lists(cfg.features, len(runs) - 1, [s.d_sae for s in saes[:-1]])
     first = runs[0][1]
     corpus = cfg.corpus or first.get("corpus")
@@ -244,21 +323,54 @@ def relations(cfg, output_dir: Path | None = None) -> dict:
                 "effect_k": cfg.effect_k, "cosine_k": cfg.cosine_k}
     record = relations_record(infos, pairs, edges, settings)
     json_path, csv_path = write_relations(out_dir, record)
-    png, html, panels, table = write_figures(cfg, record, edges, runs, infos, lm.tokenizer, out_dir, first["model"])
-    summary = {"out": str(out_dir), "json": str(json_path), "csv": str(csv_path), "html": str(html),
-               "png": str(png), "dashboards": panels,
-               "edges": {"cosine": sum(e["kind"] == "cosine" for e in edges),
-                         "effect": sum(e["kind"] == "effect" for e in edges)}}
-    print_summary(summary, table[:10], cosine_effect_note(record))
-    return summary
+    png, html, panels, table = write_figures(cfg, record, edges, runs, infos, lm.tokenizer, out_dir, first["model"],
+                                             profile)
+    chain = {"json": str(json_path), "csv": str(csv_path), "html": str(html), "png": str(png), "dashboards": panels,
+             "edges": {"cosine": sum(e["kind"] == "cosine" for e in edges),
+                       "effect": sum(e["kind"] == "effect" for e in edges)}}
+    return chain, table, cosine_effect_note(record)
+
+
+def profile_lines(profile: dict) -> list[str]:
+    """How many of the crosscoder's latents live in each layer and how many are shared, as summary lines."""
+    summary = profile["summary"]
+    counts, n = summary["counts"], summary["n_latents"]
+
+    def share(k: int) -> str:
+        return f"{k:,} ({100 * k / n:.0f} %)" if n else "0"
+
+    lines = ["", f"{profile['label']} ({profile['folder']}): {n:,} latents by decoder norm per layer",
+             f"  shared (no layer above {summary['shared_above']:g} of its norm): {share(counts['shared'])}"]
+    lines += [f"  L{layer} only or mostly: {share(counts[f'L{layer}'])}" for layer in summary["layers"]]
+    if counts.get("zero"):
+        lines.append(f"  no decoder (zero norm): {share(counts['zero'])}")
+    return lines
+
+
+def page_profile(profile: dict, out_dir: Path) -> dict:
+    """What the relations page shows of a crosscoder's layer profile: its label, counts and figure (linked
+    relative to the page in ``out_dir``)."""
+    summary = profile["summary"]
+    return {"label": profile["label"], "layers": summary["layers"], "counts": summary["counts"],
+            "n_latents": summary["n_latents"], "shared_above": summary["shared_above"],
+            "figure": graph_mod.relative_href(out_dir, profile["png"]),
+            "table": graph_mod.relative_href(out_dir, profile["csv"])}
 
 
 def print_summary(summary: dict, top: list[dict], note: str) -> None:
-    rows = [("edges", f"{summary['edges']['effect']:,} by effect, {summary['edges']['cosine']:,} by decoder cosine"),
-            ("table", f"{summary['csv']}  {summary['json']}"), ("graph", f"{summary['html']}  {summary['png']}"),
-            ("dashboards", ", ".join(summary["dashboards"]) or "(no run has a dashboard: run saefw.features)")]
+    rows = []
+    if "edges" in summary:
+        rows += [("edges", f"{summary['edges']['effect']:,} by effect, {summary['edges']['cosine']:,} by decoder "
+                           f"cosine"),
+                 ("table", f"{summary['csv']}  {summary['json']}"), ("graph", f"{summary['html']}  {summary['png']}"),
+                 ("dashboards", ", ".join(summary["dashboards"]) or "(no run has a dashboard: run saefw.features)")]
+    profile = summary.get("layer_profile")
+    if profile:
+        rows.append(("layer profile", f"{profile['csv']}  {profile['json']}  {profile['png']}"))
     width = max(len(k) for k, _ in rows)
     lines = ["", "saefw relations", "-" * 40] + [f"{k:<{width}}  {v}" for k, v in rows]
+    if profile:
+        lines += profile_lines(profile)
     if top:
         lines += ["", "strongest edges (mean drop of the target where it fired when the source is ablated):"]
         lines += [f"  {r['source']} -> {r['target']}: effect {r['value']:.4g}, fraction {r['fraction']:.3g}"

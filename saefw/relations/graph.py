@@ -133,6 +133,13 @@ def write_png(graph: Graph, path: Path, title: str = "") -> Path:
     ax.axis("off")
     if title:
         ax.set_title(title, fontsize=10)
+    return save_png(fig, path)
+
+
+def save_png(fig, path: Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` as a PNG atomically (never a half-written file) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png")
@@ -144,12 +151,15 @@ def _js(obj) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).replace("</", "<\\/")
 
 
-def write_html(graph: Graph, path: Path, title: str, table_rows: list[dict]) -> Path:
+def write_html(graph: Graph, path: Path, title: str, table_rows: list[dict],
+               layer_profile: dict | None = None) -> Path:
     """The interactive page: SVG graph (hover an edge or node for its numbers, click a node to open its
-    dashboard page, toggle the cosine matches) and a table of the strongest edges."""
+    dashboard page, toggle the cosine matches), a table of the strongest edges and, given ``layer_profile``
+    ({label, layers, counts, n_latents, shared_above, figure, table}: links relative to the page), a section with
+    a crosscoder's latents per layer and its layer-profile figure."""
     page = (_HERE / "relations_page.html").read_text()
     data = {"title": title, "nodes": graph.nodes, "edges": graph.edges, "columns": graph.columns,
-            "table": table_rows}
+            "table": table_rows, "layer_profile": layer_profile}
     return write_text(Path(path), page.replace("/*DATA*/", f"var DATA = {_js(data)};"))
 
 

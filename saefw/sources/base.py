@@ -23,6 +23,11 @@ class ActivationSource:
     plugin_name = "?"
     needs_model = False  # True for sources that read a language model: they take model/layer/site
     d_in: int
+    # what a batch row holds (see saefw.arch.base.SAE.layout): "site" (d_in columns), "pair" (d_in input columns,
+    # then d_out target columns: transcoders) or "layers" (one site at several layers side by side: crosscoders)
+    layout = "site"
+    # the target's columns as (name, width) per written hook point when there are several (per-layer metrics)
+    target_segments: list[tuple[str, int]] | None = None
     lm = None
     ground_truth: Tensor | None = None
     tokens_per_context: int | None = None

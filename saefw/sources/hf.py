@@ -1,6 +1,7 @@
 """Activations of a ``transformers`` causal LM over a text corpus, read from the activation store (or live)."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import json
@@ -23,7 +24,6 @@ from saefw.app.distributed import local_device
 from saefw.errors import SaefwError
 from saefw.lm.corpus import Corpus, split_documents
 from saefw.lm.model import (
-    RESID_SITES,
     LanguageModel,
     check_layer_site,
     d_model_of,
@@ -54,7 +54,13 @@ class HFSourceConfig:
         "an embedded alias, a local checkpoint dir or a hub id in the HF cache (default: the top-level model)")})
     layer: int = field(default=II("layer"), metadata={"help": "the hooked block (default: the top-level layer)"})
     site: str = field(default=II("site"), metadata={"help": (
-        "resid_pre | resid_post | mlp_out | attn_out (default: the top-level site)")})
+        "resid_pre | resid_post | mlp_out | attn_out | mlp_in: what the dictionary reconstructs (default: the "
+        "top-level site)")})
+    input_site: str | None = field(default=None, metadata={"help": (
+        "the site the dictionary reads when it is not `site` (a transcoder: mlp_in, with site=mlp_out); null: "
+        "`site`, a plain SAE")})
+    layers: list[int] | None = field(default=None, metadata={"help": (
+        "a crosscoder: the layers it reads and writes together, at `site` (e.g. [5,6,7]); null: just `layer`")})
     corpus: str = field(default="factbook", metadata={"help": (
         "embedded name, a .txt/.jsonl(.gz)/.parquet file or folder, or hf:<dataset>")})
     corpus_text_field: str = field(default="text", metadata={"help": "the field holding each document's text"})
@@ -116,9 +122,15 @@ class HFActivationSource(ActivationSource):
             raise SaefwError(f"source.device={cfg.device} but no CUDA GPU is visible here; valid: cpu, auto")
         self.corpus = Corpus(cfg.corpus, cfg.corpus_text_field, cfg.corpus_split, cfg.corpus_config)
         _, config = load_config(cfg.model, cfg.local_files_only, cfg.trust_remote_code)
-        check_layer_site(cfg.model, n_layers_of(config), cfg.layer, cfg.site)
+        self.reads, self.writes, self.layout = read_write_points(cfg, n_layers_of(config))
+        self.points = list(dict.fromkeys(self.reads + self.writes))  # the stored hook points, side by side in a row
         self._lm: LanguageModel | None = None
-        self.d_in = d_model_of(config)
+        d = d_model_of(config)
+        self.d_in, self.d_out = d * len(self.reads), d * len(self.writes)
+        self.row_width = d * len(self.points)
+        # the target's columns, per written point (per-layer explained variance of a crosscoder)
+        self.target_segments = ([(f"layer{layer}", d) for layer, _ in self.writes] if len(self.writes) > 1
+                                else None)
         self.tokens_per_context = cfg.context_size - 1
         self.harvest_seconds = 0.0
         self.store_status = "off"
@@ -128,8 +140,10 @@ class HFActivationSource(ActivationSource):
         if self._lm is None:
             c = self.cfg
             t0 = time.perf_counter()
-            self._lm = LanguageModel(c.model, c.layer, c.site, device=self.device, dtype=getattr(torch, c.dtype),
-                                     local_files_only=c.local_files_only, trust_remote_code=c.trust_remote_code)
+            layer, site = self.writes[0]
+            self._lm = LanguageModel(c.model, layer, site, device=self.device, dtype=getattr(torch, c.dtype),
+                                     local_files_only=c.local_files_only, trust_remote_code=c.trust_remote_code,
+                                     reads=self.reads, writes=self.writes)
             self.on_model_load(time.perf_counter() - t0)
         return self._lm
 
@@ -146,8 +160,7 @@ class HFActivationSource(ActivationSource):
 
     def stores(self, split: str, points: list[tuple[int, str]] | None = None) -> list[ActivationStore]:
         root = Path(self.cfg.store_dir).expanduser() if self.cfg.store_dir else default_root()
-        points = points or [(self.cfg.layer, self.cfg.site)]
-        return [ActivationStore(root, self.store_key(split, *p)) for p in points]
+        return [ActivationStore(root, self.store_key(split, *p)) for p in points or self.points]
 
     def prepare_keys(self) -> None:
         """Fingerprint the model's weights and the corpus text (the parts of a store key that need reading)."""
@@ -161,11 +174,11 @@ class HFActivationSource(ActivationSource):
             self.eval_tokens = self.lm.contexts(self.documents(True)(), c.context_size)[: c.eval_contexts]
             return
         self.prepare_keys()
-        self.train_store, = self.stores("train")
-        self.eval_store, = self.stores("heldout")
-        reports = [fill_stores(lambda: self.lm, [self.train_store], self.documents(False), self.spec.train_tokens,
+        self.train_stores, self.eval_stores = self.stores("train"), self.stores("heldout")
+        self.train_store, self.eval_store = self.train_stores[0], self.eval_stores[0]
+        reports = [fill_stores(lambda: self.lm, self.train_stores, self.documents(False), self.spec.train_tokens,
                                c.shard_contexts, c.forward_batch_size, desc="harvesting train split"),
-                   fill_stores(lambda: self.lm, [self.eval_store], self.documents(True),
+                   fill_stores(lambda: self.lm, self.eval_stores, self.documents(True),
                                c.eval_contexts * self.tokens_per_context, c.shard_contexts, c.forward_batch_size,
                                desc="harvesting held-out split")]
         self.harvest_seconds = sum(r.seconds for r in reports)
@@ -192,16 +205,28 @@ class HFActivationSource(ActivationSource):
 
     def _harvest(self, contexts: Tensor) -> Tensor:
         t0 = time.time()
-        acts = [self.lm.activations(b)[:, 1:] for b in contexts.split(self.cfg.forward_batch_size)]
+        rows = torch.cat([self._live_rows(b) for b in contexts.split(self.cfg.forward_batch_size)])
         self.harvest_seconds += time.time() - t0
-        return torch.cat(acts).reshape(-1, self.d_in).float()
+        return rows
+
+    def _live_rows(self, contexts: Tensor) -> Tensor:
+        """Rows [n·(T−1), row_width] of ``contexts``: every stored point's activation side by side, BOS dropped."""
+        captured = self.lm.capture(contexts, self.points)
+        return torch.cat([captured[p][:, 1:].float() for p in self.points], -1).reshape(-1, self.row_width)
+
+    def _read_rows(self, stores: list[ActivationStore], manifests: list, i: int) -> Tensor:
+        """Shard ``i`` of every store, side by side (one store: the shard itself)."""
+        if len(stores) == 1:
+            return stores[0].read(i, manifests[0])
+        return torch.cat([s.read(i, m) for s, m in zip(stores, manifests)], -1)
 
     def _store_chunks(self, generator: torch.Generator) -> Iterator[Chunk]:
         """Store mode: the shards this run's budget covers, in a seeded random order (read when a chunk is)."""
-        m = self.train_store.manifest()
+        ms = aligned_manifests(self.train_stores)
+        m = ms[0]
         n = min(len(m.shards), math.ceil(self.spec.train_tokens / (m.shards[0].n_tokens or 1)))
         for i in torch.randperm(n, generator=generator).tolist():
-            yield Chunk(m.shards[i].n_tokens, functools.partial(self.train_store.read, i, m))
+            yield Chunk(m.shards[i].n_tokens, functools.partial(self._read_rows, self.train_stores, ms, i))
 
     def train_batches(self, batch_size: int, skip: int = 0, part: tuple[int, int] = (0, 1)) -> Iterator[Tensor]:
         """Exactly ``spec.train_tokens // batch_size`` shuffled batches, less the first ``skip`` (a resumed run);
@@ -212,7 +237,7 @@ class HFActivationSource(ActivationSource):
 
     def _shuffled(self, batch_size: int, skip: int, part: tuple[int, int]) -> Iterator[Tensor]:
         g = torch.Generator().manual_seed(self.spec.seed)
-        buffer = ShuffleBuffer(self.d_in, skip)
+        buffer = ShuffleBuffer(self.row_width, skip)
         for epoch in itertools.count():
             if epoch == 1:
                 log.warning("the budget (%d tokens) exceeds the corpus's training split: reusing text (epoch 2+)",
@@ -233,11 +258,10 @@ class HFActivationSource(ActivationSource):
         rows each), so evaluators can compute per-context statistics."""
         if self._eval_acts is None:
             if self.cfg.store:
-                m = self.eval_store.manifest()
-                acts = torch.cat([self.eval_store.read(i, m) for i in range(len(m.shards))])
+                ms = aligned_manifests(self.eval_stores)
+                acts = torch.cat([self._read_rows(self.eval_stores, ms, i) for i in range(len(ms[0].shards))])
             else:
-                acts = torch.cat([self.lm.activations(b)[:, 1:].reshape(-1, self.d_in).float()
-                                  for b in self.eval_tokens.split(self.cfg.forward_batch_size)])
+                acts = torch.cat([self._live_rows(b) for b in self.eval_tokens.split(self.cfg.forward_batch_size)])
             self._eval_acts = acts[: len(self.eval_tokens) * self.tokens_per_context]
         per_batch = max(1, batch_size // self.tokens_per_context) * self.tokens_per_context
         yield from self._eval_acts.split(per_batch)
@@ -262,16 +286,18 @@ class HFActivationSource(ActivationSource):
         memo[n] = None
         if not lm.can_resume():
             return None
-        if c.store and c.store_dtype == "float32" and c.site in RESID_SITES:
-            body = torch.cat(list(self.eval_batches(1 << 20)))[: n * self.tokens_per_context]
-            body = body.view(n, self.tokens_per_context, self.d_in)
+        d = lm.d_model
+        if c.store and c.store_dtype == "float32" and point in self.points:
+            j = self.points.index(point)
+            rows = torch.cat(list(self.eval_batches(1 << 20)))[: n * self.tokens_per_context]
+            body = rows[:, j * d: (j + 1) * d].reshape(n, self.tokens_per_context, d)
 
             def bos_row():
                 bos = lm.capture(tokens[:1], [point])[point][0, :1].float().cpu()
                 return {"bos": bos, "exact": torch.tensor(lm.resume_matches(tokens[:1], torch.cat([bos, body[0]])[None]))}
 
             entry = self.cached(name, bos_row, tensors=True)
-            states = torch.cat([entry["bos"].expand(n, 1, self.d_in), body], 1)
+            states = torch.cat([entry["bos"].expand(n, 1, d), body], 1)
         else:
             def capture():
                 parts = [lm.capture(b, [point])[point].float().cpu()
@@ -314,7 +340,53 @@ class HFActivationSource(ActivationSource):
         return memo[name]
 
     def describe(self) -> dict:
-        c = self.cfg  # SAELens's metadata names, so the saved cfg.json reads as SAELens's
-        return {"model_name": c.model, "hook_name": hook_name(c.layer, c.site), "hook_layer": c.layer, "site": c.site,
-                "context_size": c.context_size, "dataset_path": c.corpus, "prepend_bos": True}
+        """SAELens's metadata names, so the saved cfg.json reads as SAELens's: ``hook_name`` is where the
+        dictionary reads (a transcoder's input); a transcoder adds ``hook_name_out``/``site_out``, a crosscoder
+        ``layers``."""
+        c = self.cfg
+        (layer, site), (_, site_out) = self.reads[0], self.writes[0]
+        out = {"model_name": c.model, "hook_name": hook_name(layer, site), "hook_layer": layer, "site": site,
+               "context_size": c.context_size, "dataset_path": c.corpus, "prepend_bos": True}
+        if self.layout == "pair":
+            out.update(hook_name_out=hook_name(layer, site_out), site_out=site_out)
+        if self.layout == "layers":
+            out["layers"] = [p[0] for p in self.writes]
+        return out
+
+
+def read_write_points(cfg: HFSourceConfig, n_layers: int) -> tuple[list, list, str]:
+    """(points read, points written, layout) of a source config: ``"site"`` (one point in and out), ``"pair"``
+    (``input_site`` → ``site`` at ``layer``: a transcoder) or ``"layers"`` (``site`` at every layer of
+    ``layers``: a crosscoder). Clear errors for a layer or site out of range and for asking both."""
+    layers = list(cfg.layers) if cfg.layers else [cfg.layer]
+    for layer in layers:
+        check_layer_site(cfg.model, n_layers, layer, cfg.site)
+    if len(set(layers)) != len(layers):
+        raise SaefwError(f"source.layers={layers} names a layer twice")
+    pair = cfg.input_site is not None and cfg.input_site != cfg.site
+    if pair:
+        check_layer_site(cfg.model, n_layers, layers[0], cfg.input_site)
+        if len(layers) > 1:
+            raise SaefwError(f"source.input_site={cfg.input_site} with source.layers={layers}: a dictionary reads "
+                             f"one site into another (a transcoder) or one site at several layers (a crosscoder), "
+                             f"not both")
+        return [(layers[0], cfg.input_site)], [(layers[0], cfg.site)], "pair"
+    points = [(layer, cfg.site) for layer in layers]
+    return points, points, "layers" if len(layers) > 1 else "site"
+
+
+def aligned_manifests(stores: list[ActivationStore]) -> list[Manifest]:
+    """The manifests of stores read side by side; their shards must hold the same contexts (a harvest writes
+    them so: :mod:`saefw.store.harvest`), checked by token counts and the first shard's tokens."""
+    ms = [s.manifest() for s in stores]
+    if len(ms) == 1:
+        return ms
+    n = min(len(m.shards) for m in ms)
+    for store, m in zip(stores[1:], ms[1:]):
+        if ([sh.n_tokens for sh in m.shards[:n]] != [sh.n_tokens for sh in ms[0].shards[:n]]
+                or (n and not torch.equal(store.read_tokens(0, m), stores[0].read_tokens(0, ms[0])))):
+            raise SaefwError(f"activation stores {stores[0].path} and {store.path} hold different contexts (made "
+                             f"with another source.shard_contexts?); delete one to harvest it again")
+    return [dataclasses.replace(m, shards=m.shards[:n]) for m in ms]
+
 

@@ -12,6 +12,11 @@ on their contents. That makes two things cheap:
 * **data parallelism** (``part=(rank, world)``): every rank draws the same permutations and serves rows
   ``[rank·B/world, (rank+1)·B/world)`` of every global batch of ``B`` rows, gathering only those rows. The ranks
   together see each global batch exactly once, as a one-process run would.
+
+The rows live in two fixed blocks that are refilled in place (chunks copied in, the rows kept after a serve
+gathered into the other block): a buffer that allocated a new block at every add and serve left the heap a little
+more fragmented each time (saefw keeps freed blocks in the process, :mod:`saefw.app.allocator`), so peak memory
+crept up with the number of chunks read; with the blocks reused it depends on the buffer's size only.
 """
 from __future__ import annotations
 
@@ -35,7 +40,8 @@ class ShuffleBuffer:
 
     def __init__(self, d: int, skip: int = 0):
         self.d, self.skip = d, skip
-        self.rows = torch.empty(0, d)
+        self.rows = torch.empty(0, d)  # a view of the first len(self) rows of self._blocks[0]
+        self._blocks: list[Tensor] = [torch.empty(0, d), torch.empty(0, d)]
         # while skipping: ids of the waiting rows, and the chunks they come from as (first id, chunk)
         self.ids = torch.empty(0, dtype=torch.long)
         self.chunks: list[tuple[int, Chunk]] = []
@@ -50,7 +56,25 @@ class ShuffleBuffer:
             self.chunks.append((self.next_id, chunk))
             self.next_id += chunk.n
         else:
-            self.rows = torch.cat([self.rows, chunk.load()])
+            self._append(chunk.load())
+
+    def _append(self, new: Tensor) -> None:
+        n, need = len(self.rows), len(self.rows) + len(new)
+        if need > len(self._blocks[0]):  # the first fills only: afterwards the buffer never outgrows its block
+            block = torch.empty(need, self.d)
+            block[:n] = self.rows
+            self._blocks[0] = block
+        self._blocks[0][n:need] = new
+        self.rows = self._blocks[0][:need]
+
+    def _keep(self, index: Tensor) -> None:
+        """rows ← rows[index], gathered into the other block (same capacity), which then becomes the current one."""
+        if len(self._blocks[1]) < len(self._blocks[0]):
+            self._blocks[1] = torch.empty_like(self._blocks[0])
+        kept = self._blocks[1][:len(index)]
+        torch.index_select(self.rows, 0, index, out=kept)
+        self._blocks.reverse()
+        self.rows = kept
 
     def serve(self, n: int, batch_size: int, generator: torch.Generator,
               part: tuple[int, int] = (0, 1)) -> Iterator[Tensor]:
@@ -67,17 +91,18 @@ class ShuffleBuffer:
                 if self.skip:
                     self._forget_unused_chunks()
                 else:  # resuming right after this serve: the rows waiting are needed from here on
-                    self.rows = self._materialise()
+                    self._append(self._materialise())
                 return
             first, self.skip = self.skip, 0
             self.ids = self.ids[perm]  # the rows in served order (as ``rows[perm]`` below would have them)
-            self.rows, perm = self._materialise(), torch.arange(len(perm))
+            self._append(self._materialise())
+            perm = torch.arange(len(perm))
         rank, world = part
         share = batch_size // world
         for j in range(first, n_batches):
             start = j * batch_size + rank * share
             yield self.rows[perm[start: start + share]]
-        self.rows = self.rows[perm[end:]]
+        self._keep(perm[end:])
 
     def _forget_unused_chunks(self) -> None:
         if not self.chunks:

@@ -156,7 +156,7 @@ class SAEModule(pl.LightningModule):
                          f"(try a lower train.lr or sparsity coefficient); checkpoints so far are kept in {where}")
 
     def training_step(self, batch, batch_idx):
-        x = batch.float() * self.sae.input_scale
+        x = self.sae.scale_rows(batch.float())
         n_bad = x.numel() - torch.count_nonzero(torch.isfinite(x))
         coeff = self.controller.coefficient_tensor(self.global_step)
         out = compose_loss(self.sae.train_forward(x, dead_mask=self.dead_mask()), self.penalty, coeff)

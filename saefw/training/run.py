@@ -66,17 +66,38 @@ def sparsity_target(cfg: DictConfig, d_sae: int | None = None) -> int:
     return max(1, min(default, d_sae // 4)) if d_sae else default
 
 
-def build_sae(cfg: DictConfig, d_in: int, penalty):
+LAYOUT_HINT = {"site": "a plain SAE reads and writes one site (no source.input_site, no source.layers)",
+               "pair": "a transcoder reads source.input_site and writes site (e.g. source.input_site=mlp_in "
+                       "site=mlp_out)",
+               "layers": "a crosscoder reads and writes site at every layer of source.layers (e.g. "
+                         "source.layers=[5,6,7])"}
+
+
+def layout_kwargs(arch: str, source) -> dict:
+    """The constructor arguments an arch needs beyond d_in and d_sae for the rows ``source`` serves (``d_out``
+    for a transcoder, ``n_layers`` for a crosscoder); an arch whose layout the source does not serve is refused."""
+    want, have = entry("arch", arch).cls.layout, getattr(source, "layout", "site")
+    if want != have:
+        raise SaefwError(f"arch={arch} does not fit the source's settings: {LAYOUT_HINT[want]}; the source is "
+                         f"set up as {LAYOUT_HINT[have]}")
+    if want == "pair":
+        return {"d_out": source.d_out}
+    if want == "layers":
+        return {"n_layers": len(source.writes)}
+    return {}
+
+
+def build_sae(cfg: DictConfig, d_in: int, penalty, shape: dict | None = None):
     """The arch, with two things decided here, once: the unit-norm decoder (forced on when the penalty ignores
     decoder norms, ``penalty=l1``, and could otherwise be gamed by shrinking f against W_dec) and, for the top-k
-    archs, k = the run's target L0 unless ``arch.k`` is set."""
+    archs, k = the run's target L0 unless ``arch.k`` is set. ``shape``: :func:`layout_kwargs`."""
     arch_cfg = OmegaConf.to_container(cfg.arch, resolve=True)
     if penalty.requires_unit_norm_decoder and "unit_norm_decoder" in arch_cfg:
         arch_cfg["unit_norm_decoder"] = True
     d_sae = cfg.d_sae or cfg.expansion_factor * d_in
     if arch_cfg.get("k", 0) is None:
         arch_cfg["k"] = sparsity_target(cfg, d_sae)
-    return build("arch", arch_cfg, d_in=d_in, d_sae=d_sae)
+    return build("arch", arch_cfg, d_in=d_in, d_sae=d_sae, **(shape or {}))
 
 
 def sparsity_control(cfg: DictConfig, sae, penalty, steps: int):
@@ -195,10 +216,21 @@ def _build_plugins(cfg: DictConfig, plan: RunPlan, timer: PhaseTimer, zero: bool
     source.on_model_load = lambda seconds: timer.charge("model_load", seconds)
     with timer("init", announce=False):
         penalty = build("penalty", cfg.penalty)
-        sae = build_sae(cfg, source.d_in, penalty)
+        sae = build_sae(cfg, source.d_in, penalty, layout_kwargs(cfg.arch.name, source))
         # only rank 0 evaluates
         evaluators = build_evaluators(cfg, source, named=given("evaluators")) if zero else []
     return source, penalty, sae, evaluators
+
+
+def cross_site_keys(source) -> dict:
+    """What a dictionary across sites or layers reads beyond ``layer``/``site``: a transcoder's ``input_site``, a
+    crosscoder's ``layers`` (nothing for a plain SAE, whose records stay as they were)."""
+    layout = getattr(source, "layout", "site")
+    if layout == "pair":
+        return {"input_site": source.reads[0][1]}
+    if layout == "layers":
+        return {"layers": [layer for layer, _ in source.writes]}
+    return {}
 
 
 def run_identity(cfg: DictConfig, source, sae, plan: RunPlan, target) -> tuple[dict, dict]:
@@ -206,7 +238,7 @@ def run_identity(cfg: DictConfig, source, sae, plan: RunPlan, target) -> tuple[d
     another target or lr is a new run, and resuming a checkpoint of another one is refused."""
     lm_keys = {k: cfg[k] if entry("source", cfg.source.name).cls.needs_model else None for k in LM_KEYS}
     identity = {"arch": cfg.arch.name, "penalty": cfg.penalty.name, "source": cfg.source.name, **lm_keys,
-                "d_in": source.d_in, "d_sae": sae.d_sae, "seed": cfg.seed, "steps": plan.steps,
+                **cross_site_keys(source), "d_in": source.d_in, "d_sae": sae.d_sae, "seed": cfg.seed, "steps": plan.steps,
                 "batch_size": plan.batch_size}
     training = {"target_l0": target, "arch_config": OmegaConf.to_container(cfg.arch, resolve=True),
                 "penalty_config": OmegaConf.to_container(cfg.penalty, resolve=True),
@@ -251,7 +283,7 @@ def _final_evaluation(cfg: DictConfig, trainer, sae, module, source, evaluators,
     """The evaluators on the held-out split, on the device the SAE trained on (Lightning's teardown moved it to
     the CPU), after :meth:`~saefw.arch.base.SAE.finalize_for_inference` on the first training batches."""
     sae.to(trainer.strategy.root_device)
-    sae.finalize_for_inference(iter((head * sae.input_scale.cpu()).split(plan.batch_size)))
+    sae.finalize_for_inference(iter(sae.scale_rows(head.to(sae.input_scale.device)).split(plan.batch_size)))
     metrics = run_evaluators(sae, source, evaluators, cfg.train.eval_batch_size)
     metrics["dead_fraction"] = module.dead_mask().float().mean().item()
     return metrics

@@ -73,6 +73,13 @@ def test_perfect_reconstruction_has_unit_ev_and_gamma():
         def decode(self, f):
             return f[:, :4] - f[:, 4:]
 
+        def forward(self, x):
+            f = self.encode(x)
+            return self.decode(f), f
+
+        def split_rows(self, rows):
+            return rows, rows
+
     out = _evaluate(["reconstruction", "shrinkage", "l0"], x, Identity())
     assert out["explained_variance"] == pytest.approx(1.0)
     assert out["shrinkage"] == pytest.approx(1.0)

@@ -95,7 +95,7 @@ def test_format_1_directories_still_load(tmp_path, arch):
     assert sae_metadata(tmp_path) == {"model": "/models/tiny", "layer": 3, "site": "mlp_out",
                                       "hook_name": "blocks.3.hook_mlp_out", "context_size": 64,
                                       "corpus": "factbook", "prepend_bos": True, "penalty": "l1_decoder_norm",
-                                      "source": None}
+                                      "source": None, "site_out": None, "layers": None}
 
 
 def test_sae_metadata_is_the_same_for_saefw_and_saelens_directories(tmp_path):
@@ -104,7 +104,7 @@ def test_sae_metadata_is_the_same_for_saefw_and_saelens_directories(tmp_path):
     assert sae_metadata(tmp_path / "ours") == {
         "model": "/models/tiny", "layer": 3, "site": "mlp_out", "hook_name": "blocks.3.hook_mlp_out",
         "context_size": 64, "corpus": "factbook", "prepend_bos": True, "penalty": "l1_decoder_norm",
-                                      "source": None}
+                                      "source": None, "site_out": None, "layers": None}
     from sae_lens import SAE, StandardSAEConfig
     from sae_lens.saes.sae import SAEMetadata
 
@@ -113,7 +113,7 @@ def test_sae_metadata_is_the_same_for_saefw_and_saelens_directories(tmp_path):
     SAE.from_dict(StandardSAEConfig(d_in=4, d_sae=8, metadata=meta).to_dict()).save_model(tmp_path / "theirs")
     assert sae_metadata(tmp_path / "theirs") == {
         "model": "gpt2", "layer": 6, "site": "resid_pre", "hook_name": "blocks.6.hook_resid_pre",
-        "context_size": 128, "corpus": "monology/pile", "prepend_bos": False, "penalty": None, "source": None}
+        "context_size": 128, "corpus": "monology/pile", "prepend_bos": False, "penalty": None, "source": None, "site_out": None, "layers": None}
 
 
 def test_parse_hook_name():

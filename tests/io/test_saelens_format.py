@@ -5,7 +5,7 @@ import json
 import pytest
 import sae_lens
 import torch
-from helpers import assert_same_function, set_params, tiny_activations
+from helpers import assert_same_function, random_transcoder, set_params, tiny_activations
 from sae_lens import SAE
 from sae_lens.saes import (
     BatchTopKTrainingSAE,
@@ -15,8 +15,12 @@ from sae_lens.saes import (
     GatedTrainingSAEConfig,
     JumpReLUSAE,
     JumpReLUSAEConfig,
+    JumpReLUSkipTranscoder,
+    JumpReLUSkipTranscoderConfig,
     JumpReLUTrainingSAE,
     JumpReLUTrainingSAEConfig,
+    JumpReLUTranscoder,
+    JumpReLUTranscoderConfig,
     StandardSAEConfig,
     StandardTrainingSAE,
     StandardTrainingSAEConfig,
@@ -201,7 +205,8 @@ def test_unregistered_plugin_arch_falls_back_to_its_saelens_equivalent(tmp_path,
     ("normalize_activations", "expected_average_only_in", "fold the normalisation into the weights"),
     ("reshape_activations", "hook_z", "reshape_activations='hook_z' is not supported"),
     ("architecture", "transcoder", "architecture='transcoder' is not supported; saefw reads the SAELens "
-                                   "architectures batchtopk, gated, jumprelu, standard, topk"),
+                                   "architectures batchtopk, gated, jumprelu, jumprelu_skip_transcoder, "
+                                   "jumprelu_transcoder, standard, topk"),
 ])
 def test_options_saefw_cannot_reproduce_are_refused(tmp_path, key, value, message):
     _saelens_inference(StandardSAEConfig).save_model(tmp_path)
@@ -234,3 +239,82 @@ def test_cli_trained_run_directories_load_in_saelens(trained_runs, tiny_model):
         assert theirs.cfg.metadata.model_name == str(tiny_model)
         f = assert_same_function(load_sae(run_dir), theirs, x)
         assert (f > 0).any(), arch
+
+
+# --- transcoders: SAELens's jumprelu_transcoder and jumprelu_skip_transcoder, d_in ≠ d_out ---
+TC_D_OUT = 6
+TC_META = {"model_name": "m", "hook_name": "blocks.2.ln2.hook_normalized", "hook_name_out": "blocks.2.hook_mlp_out"}
+TRANSCODERS = {"transcoder": JumpReLUTranscoder, "skip_transcoder": JumpReLUSkipTranscoder}
+
+
+def random_saefw_transcoder(arch: str, seed: int = 0):
+    """A saefw jumprelu (skip) transcoder with random weights (a large W_skip), thresholds in [0.1, 2.1] and both
+    scales ≠ 1."""
+    return random_transcoder(arch, "jumprelu", D_IN, D_SAE, TC_D_OUT, seed, skip_scale=3.0)
+
+
+def assert_same_transcoder(ours, theirs, x: torch.Tensor) -> torch.Tensor:
+    """Same latents, same decode(f) (the dictionary's part: SAELens's decode has no skip term) and the same whole
+    output (SAELens's forward, which adds x W_skipᵀ for a skip transcoder; saefw's forward); returns the latents."""
+    f = assert_same_function(ours, theirs, x)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x)[0], theirs(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours.decode(f, x), theirs(x), atol=1e-5, rtol=1e-5)
+    return f
+
+
+@pytest.mark.parametrize("arch", list(TRANSCODERS))
+def test_saefw_jumprelu_transcoder_loads_in_saelens_and_agrees(tmp_path, arch):
+    sae = random_saefw_transcoder(arch)
+    save_sae(sae, tmp_path, TC_META)
+    theirs = SAE.load_from_disk(tmp_path)
+    assert type(theirs) is TRANSCODERS[arch]
+    assert (theirs.cfg.d_in, theirs.cfg.d_sae, theirs.cfg.d_out) == (D_IN, D_SAE, TC_D_OUT)
+    assert theirs.cfg.metadata.hook_name_out == "blocks.2.hook_mlp_out"
+    x = torch.randn(200, D_IN) * 2
+    f = assert_same_transcoder(sae, theirs, x)
+    assert 0 < (f > 0).float().mean() < 1
+    if arch == "skip_transcoder":  # the skip term is in the comparison, not negligible
+        with torch.no_grad():
+            skip = theirs(x) - theirs.decode(f)
+        assert skip.norm() > 0.2 * theirs(x).norm()
+        torch.testing.assert_close(theirs.W_skip, sae.W_skip.detach() * 1.7 / 0.6)
+    assert_same_transcoder(load_sae(tmp_path), theirs, x)
+
+
+def _saelens_transcoder(arch: str, seed: int = 0, nonpositive_thresholds: bool = False):
+    config = {"transcoder": JumpReLUTranscoderConfig, "skip_transcoder": JumpReLUSkipTranscoderConfig}[arch]
+    meta = SAEMetadata(**TC_META)
+    sl = TRANSCODERS[arch](config(d_in=D_IN, d_sae=D_SAE, d_out=TC_D_OUT, apply_b_dec_to_input=False, metadata=meta))
+    _randomise(sl, seed)
+    if nonpositive_thresholds:  # SAELens's relu(z)·H(z − θ) is relu(z) there
+        with torch.no_grad():
+            sl.threshold[:4] = torch.tensor([-0.5, 0.0, -2.0, 0.0])
+    return sl.eval()
+
+
+@pytest.mark.parametrize("nonpositive", [False, True], ids=["thresholds", "nonpositive-thresholds"])
+@pytest.mark.parametrize("arch", list(TRANSCODERS))
+def test_saelens_jumprelu_transcoder_loads_in_saefw_and_agrees(tmp_path, arch, nonpositive):
+    theirs = _saelens_transcoder(arch, nonpositive_thresholds=nonpositive)
+    if arch == "skip_transcoder":
+        assert theirs.W_skip.abs().sum() > 0  # randomised, not SAELens's zero init
+    theirs.save_model(tmp_path)
+    ours = load_sae(tmp_path)
+    assert ours.plugin_name == arch and ours.activation == "jumprelu"
+    assert (ours.d_in, ours.d_sae, ours.d_out) == (D_IN, D_SAE, TC_D_OUT)
+    x = torch.randn(200, D_IN) * 2
+    f = assert_same_transcoder(ours, theirs, x)
+    assert 0 < (f > 0).float().mean() < 1
+    if nonpositive:  # the latents with θ ≤ 0 fire wherever z > 0
+        assert ((f[:, :4] > 0) == (ours.pre_acts(x)[:, :4] > 0)).all() and (f[:, :4] > 0).any()
+    assert_same_transcoder(ours, SAE.load_from_disk(tmp_path), x)
+
+
+def test_saelens_transcoder_with_b_dec_applied_to_the_input_is_refused(tmp_path):
+    _saelens_transcoder("transcoder").save_model(tmp_path)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    cfg["apply_b_dec_to_input"] = True
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(SaefwError, match="apply_b_dec_to_input=True is not supported: a transcoder's b_dec"):
+        load_sae(tmp_path)

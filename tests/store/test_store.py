@@ -237,8 +237,10 @@ _PEAK = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], cap
 
 
 def test_memory_stays_flat_as_the_budget_grows(tmp_path):
-    """Peak RSS training from a store 10× the shuffle buffer is within 1.2× of training from 1× (d = 512, so the
-    buffer is 32 MB and holding the whole 10× store would add ~300 MB)."""
+    """Peak RSS training from 10× the shuffle buffer's tokens exceeds training from 3× by less than 40 % of the 7
+    buffers' worth of rows in between (d = 512: the buffer is 32 MB, holding the store would add ~230 MB; measured
+    +23 to +40 MB). 3×, not 1×: from the third shard on the buffer holds its kept half beside a new shard, a step
+    that does not grow with the budget (1× → 10× measured +100 to +150 MB, most of it that step)."""
     from helpers import REPO, build_tiny_model
 
     model = build_tiny_model("llama", tmp_path / "wide", n_layers=1, hidden=512)
@@ -250,13 +252,15 @@ def test_memory_stays_flat_as_the_budget_grows(tmp_path):
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert h.returncode == 0, h.stderr[-2000:]
     peaks = []
-    for budget in (buffer, 10 * buffer):
+    for budget in (3 * buffer, 10 * buffer):
         r = subprocess.run([sys.executable, "-c", _PEAK, sys.executable, "-m", "saefw", *common,
                             f"total_tokens={budget}", "expansion_factor=2", "evaluators=[l0]", "wandb.mode=disabled",
-                            "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / str(budget)}"],
+                            "train.eval_every_steps=0", "trainer.enable_progress_bar=false",
+                            f"hydra.run.dir={tmp_path / str(budget)}"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, r.stderr[-2000:]
         record = json.loads((tmp_path / str(budget) / "metrics.json").read_text())
         assert record["activation_store"] == "hit" and record["tokens"] == budget // 1024 * 1024
         peaks.append(int(r.stdout.strip().splitlines()[-1]))
-    assert peaks[1] <= 1.2 * peaks[0], peaks
+    buffer_kb = buffer * 512 * 4 / 1024
+    assert peaks[1] - peaks[0] <= 0.4 * 7 * buffer_kb, peaks

@@ -241,7 +241,10 @@
         return h("tr", {}, [h("td", {cls: "t", text: visible(S.tokenText(p[0]))}), h("td", {cls: cls, text: (p[1] > 0 ? "+" : "") + fmt(p[1])})]);
       }));
     }
-    return h("section", {cls: "panel", id: "logit-lens"}, [h("h3", {text: "Logit lens (W_U \u00b7 d, no final norm)"}),
+    // a transcoder's decoder rows live in the site it writes (its output), not the one it reads
+    var out = state.index && state.index.run.hook_name_out;
+    var title = "Logit lens (W_U \u00b7 d" + (out ? " of the output direction at " + out : "") + ", no final norm)";
+    return h("section", {cls: "panel", id: "logit-lens"}, [h("h3", {text: title}),
       h("div", {cls: "lens"}, [h("div", {}, [h("p", {cls: "note", text: "promoted"}), table(lens.promoted, "pos")]),
                                h("div", {}, [h("p", {cls: "note", text: "suppressed"}), table(lens.suppressed, "neg")])])]);
   }
@@ -295,7 +298,7 @@
   S.start = function () {
     if (state.index) {
       var r = state.index.run;
-      document.getElementById("title").textContent = "SAE features \u2014 " + r.model + " " + r.hook_name;
+      document.getElementById("title").textContent = "SAE features \u2014 " + r.model + " " + (r.hooks || r.hook_name);
       document.getElementById("run").textContent = r.d_sae + " features \u00b7 " + r.n_tokens.toLocaleString() +
         " tokens of " + r.corpus + " (" + r.split + ") \u00b7 " + r.folder;
     }
