@@ -119,6 +119,12 @@ class SAE(nn.Module):
         :func:`~saefw.arch.ops.encoder_pre_acts`)."""
         return encoder_pre_acts(x, self.W_enc, self.b_enc, self.b_dec)
 
+    @classmethod
+    def penalties_for(cls, arch_cfg: dict) -> tuple[str, ...]:
+        """The penalties an SAE built from ``arch_cfg`` trains with: ``allowed_penalties``, unless its options
+        narrow them (a transcoder's activation)."""
+        return cls.allowed_penalties
+
     # --- rows: what sources serve (see ``layout``) ---
     def split_rows(self, rows: Tensor) -> tuple[Tensor, Tensor]:
         """(encoder input, reconstruction target) of source rows, raw or scaled alike: for a "site" SAE both are

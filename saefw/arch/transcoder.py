@@ -61,7 +61,7 @@ class TranscoderSAE(SAE):
     the two live in different spaces), b_dec with the geometric median of the scaled targets.
 
     The penalty must fit the activation: ``penalty=none`` with topk, ``penalty=l0`` with jumprelu (both are in
-    ``allowed_penalties``; the run cannot tell them apart by class, so pick the pair).
+    ``allowed_penalties``; :meth:`penalties_for` tells the run which, and another pair is refused).
 
     Saved (cfg.json ``apply_b_dec_to_input: false``, ``d_out``): activation=jumprelu as SAELens's
     ``jumprelu_transcoder`` (tensors W_enc, b_enc, W_dec, b_dec, threshold: ``SAE.load_from_disk`` computes the
@@ -106,6 +106,11 @@ class TranscoderSAE(SAE):
             self.register_state_dict_post_hook(_save_threshold)
             self.register_load_state_dict_pre_hook(_load_threshold)
             self.unit_norm_decoder = False
+
+    @classmethod
+    def penalties_for(cls, arch_cfg: dict) -> tuple[str, ...]:
+        """topk takes ``none`` (k sets the sparsity), jumprelu ``l0`` (without it nothing makes it sparse)."""
+        return {"topk": ("none",), "jumprelu": ("l0",)}.get(arch_cfg.get("activation"), cls.allowed_penalties)
 
     # --- rows and scales ---
     def split_rows(self, rows: Tensor) -> tuple[Tensor, Tensor]:

@@ -41,11 +41,14 @@ TRAINING_KEYS = ("lr", "adam_beta1", "adam_beta2", "lr_warmup_steps", "lr_decay_
                  "dead_window_tokens")
 
 
-def check_combination(arch: str, penalty: str) -> None:
-    allowed = entry("arch", arch).cls.allowed_penalties
+def check_combination(arch: str, penalty: str, arch_cfg: dict | None = None) -> None:
+    """The penalty fits the arch (and, where the arch's options decide it, those options: a transcoder's
+    activation)."""
+    arch_cfg = arch_cfg or {}
+    allowed = entry("arch", arch).cls.penalties_for(arch_cfg)
     if penalty not in allowed:
-        raise SaefwError(f"arch={arch} does not take penalty={penalty}; valid penalties for {arch}: "
-                         f"{', '.join(allowed)}")
+        what = arch + (f" arch.activation={arch_cfg['activation']}" if "activation" in arch_cfg else "")
+        raise SaefwError(f"arch={what} does not take penalty={penalty}; valid penalties for it: {', '.join(allowed)}")
 
 
 def check_lm_keys(cfg: DictConfig, given: Callable[[str], bool]) -> None:
@@ -197,7 +200,7 @@ def _prepare(cfg: DictConfig, run_dir: Path, zero: bool, given: Callable[[str], 
         write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     for family in ("source", "arch", "penalty"):
         entry(family, cfg[FAMILIES[family]].name)
-    check_combination(cfg.arch.name, cfg.penalty.name)
+    check_combination(cfg.arch.name, cfg.penalty.name, OmegaConf.to_container(cfg.arch, resolve=True))
     check_lm_keys(cfg, given)
     check_accelerator(cfg.trainer.get("accelerator", "auto"))
     plan = RunPlan.from_config(cfg)

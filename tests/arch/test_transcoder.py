@@ -10,6 +10,7 @@ from saefw.arch.base import compose_loss, geometric_median
 from saefw.errors import SaefwError
 from saefw.io.saved import load_sae, read_config, save_sae
 from saefw.registry import build, discover
+from saefw.training.run import check_combination
 
 ALPHA = 1 / 32
 # Two tokens, scaled inputs (input_scale = 2) x_s = [2, 3] and [−2, 0.2], i.e. raw x = [1, 1.5] and [−1, 0.1].
@@ -214,3 +215,15 @@ def test_recovers_a_sparse_map_between_two_sites():
         y_hat, f = sae(x)
     assert ((f > 0).sum(-1) <= 3).all()
     assert ((y_hat - y).norm() / y.norm()).item() < 0.2
+
+
+def test_the_penalty_must_fit_the_activation():
+    discover()
+    check_combination("transcoder", "none", {"activation": "topk"})
+    check_combination("skip_transcoder", "l0", {"activation": "jumprelu"})
+    with pytest.raises(SaefwError, match=r"arch=transcoder arch.activation=jumprelu does not take penalty=none; "
+                                         r"valid penalties for it: l0$"):
+        check_combination("transcoder", "none", {"activation": "jumprelu"})
+    with pytest.raises(SaefwError, match=r"arch=skip_transcoder arch.activation=topk does not take penalty=l0; "
+                                         r"valid penalties for it: none$"):
+        check_combination("skip_transcoder", "l0", {"activation": "topk"})

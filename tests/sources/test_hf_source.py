@@ -1,7 +1,10 @@
+import pytest
 import torch
 
+from saefw.errors import SaefwError
 from saefw.registry import build, discover
 from saefw.sources.base import RunSpec
+from saefw.sources.hf import resolve_store_dtype
 
 
 def _source(model, total_tokens=3000, seed=0, **over):
@@ -92,3 +95,14 @@ def test_resumed_and_sharded_streams_are_slices_of_the_one_process_stream(tiny_m
     list(src.train_batches(100, skip=45))
     print(f"resuming at batch 45 of 50 read {len(reads)} of {n_shards} shards")
     assert len(reads) == len(set(reads)) and len(reads) < n_shards / 2
+
+
+def test_store_dtype_auto_is_bfloat16_on_a_gpu_and_float32_on_the_cpu(tiny_model):
+    assert resolve_store_dtype("auto", "cuda:1") == "bfloat16"
+    assert resolve_store_dtype("auto", "cpu") == "float32"
+    assert resolve_store_dtype("float16", "cuda:0") == "float16"  # an explicit choice is kept on any device
+    with pytest.raises(SaefwError, match=r"source.store_dtype='fp8' is invalid; choices: auto, float32"):
+        resolve_store_dtype("fp8", "cpu")
+    # the default (auto) on this CPU: the store's key, and so its folder, is float32's
+    src = _source(tiny_model)
+    assert src.store_dtype == "float32" and src.store_key("train").dtype == "float32"
