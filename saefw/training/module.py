@@ -17,6 +17,7 @@ from saefw.arch.base import compose_loss
 from saefw.arch.ops import batch_firing
 from saefw.errors import SaefwError
 from saefw.evals.base import run_evaluators
+from saefw.training import shared_batches
 from saefw.training.sparsity import SparsityController
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,9 @@ class ActivationDataModule(pl.LightningDataModule):
         return self._iter
 
     def peek(self, n: int) -> list[torch.Tensor]:
+        if (shared := shared_batches.current()) is not None:  # a one-pass group: the group's first batches
+            self._head = shared.head(self.source, self.batch_size, n)
+            return self._head[:n]
         while len(self._head) < n:
             batch = next(self._stream(), None)
             if batch is None:
@@ -70,6 +74,9 @@ class ActivationDataModule(pl.LightningDataModule):
         """The training batches after the first ``skip``, this rank's ``part=(rank, world)`` of each."""
         rank, world = part
         check_global_batch(self.batch_size, world)
+        if (shared := shared_batches.current()) is not None and world == 1:  # read once for the whole group
+            self._head = []
+            return shared.stream(self.source, self.batch_size, skip, self.steps)
         if skip == 0 and world == 1:  # the peeked head, then the same stream
             head, self._head = self._head, []
             return itertools.islice(itertools.chain(head, self._stream()), self.steps)

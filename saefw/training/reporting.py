@@ -17,6 +17,7 @@ from saefw.app.atomic import atomic_path, write_json
 from saefw.app.clock import WallClock
 from saefw.app.quiet import tidy_wandb_logger
 from saefw.app.wandb_settings import effective_mode, fall_back
+from saefw.training import shared_batches
 
 
 def _start_when_id_free(logger, wait_seconds: float = 60.0) -> None:
@@ -96,10 +97,13 @@ class Reporter:
             self.wandb_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
         tags = [f"arch:{self.base['arch']}"] + [f"{k}:{self.base[k]}" for k in ("layer", "site")
                                                 if self.base.get(k) is not None]
+        # a job of a one-pass group trains beside the others in this process: its own W&B run, not the process's
+        shared = shared_batches.current()
         logger = WandbLogger(project=cfg.wandb.project, entity=cfg.wandb.entity, group=_sweep_group(cfg),
                              name=cfg.wandb.name or self.run_dir.name, tags=tags + list(cfg.wandb.tags),
                              save_dir=str(self.run_dir), offline=mode == "offline", id=self.wandb_id,
-                             resume="allow", config=OmegaConf.to_container(cfg, resolve=True))
+                             resume="allow", config=OmegaConf.to_container(cfg, resolve=True),
+                             **({"reinit": "create_new"} if shared is not None else {}))
         tidy_wandb_logger(logger)
         if mode == "online":
             try:
@@ -113,6 +117,9 @@ class Reporter:
                 return self._wandb_logger("offline")
         elif self.resumed:
             _start_when_id_free(logger)
+        if shared is not None:  # started now, in the job's (serial) setup; closed when the job ends
+            run = logger.experiment
+            shared.closers.append(lambda failed: run.finish(exit_code=1 if failed else 0))
         return logger
 
     def _wandb(self):

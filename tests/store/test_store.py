@@ -237,10 +237,11 @@ _PEAK = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], cap
 
 
 def test_memory_stays_flat_as_the_budget_grows(tmp_path):
-    """Peak RSS training from 10× the shuffle buffer's tokens exceeds training from 3× by less than 40 % of the 7
-    buffers' worth of rows in between (d = 512: the buffer is 32 MB, holding the store would add ~230 MB; measured
-    +23 to +40 MB). 3×, not 1×: from the third shard on the buffer holds its kept half beside a new shard, a step
-    that does not grow with the budget (1× → 10× measured +100 to +150 MB, most of it that step)."""
+    """Peak RSS training from 14× the shuffle buffer's tokens exceeds training from 6× by less than 40 % of the 8
+    buffers' worth of rows in between (d = 512: the buffer is 32 MB, holding the store would add ~256 MB). 6×, not
+    1×: the first shards step the peak up until the buffer's blocks and the heap reach their size (measured with
+    keep-freed malloc on the 2-core CPU: 3× 803 MB, 4× 825, 5× 864, then flat: 6× 858, 8× 863, 12× 864, 15× 862,
+    20× 861), so a lower budget measures that step, not growth with the budget."""
     from helpers import REPO, build_tiny_model
 
     model = build_tiny_model("llama", tmp_path / "wide", n_layers=1, hidden=512)
@@ -248,11 +249,11 @@ def test_memory_stays_flat_as_the_budget_grows(tmp_path):
     common = [f"model={model}", "layer=0", "source.context_size=64", f"source.buffer_tokens={buffer}",
               f"source.store_dir={tmp_path / 'stores'}", "source.eval_contexts=4"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
-    h = subprocess.run([sys.executable, "-m", "saefw.store", "harvest", *common, f"total_tokens={10 * buffer}"],
+    h = subprocess.run([sys.executable, "-m", "saefw.store", "harvest", *common, f"total_tokens={14 * buffer}"],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert h.returncode == 0, h.stderr[-2000:]
     peaks = []
-    for budget in (3 * buffer, 10 * buffer):
+    for budget in (6 * buffer, 14 * buffer):
         r = subprocess.run([sys.executable, "-c", _PEAK, sys.executable, "-m", "saefw", *common,
                             f"total_tokens={budget}", "expansion_factor=2", "evaluators=[l0]", "wandb.mode=disabled",
                             "train.eval_every_steps=0", "trainer.enable_progress_bar=false",
@@ -260,7 +261,7 @@ def test_memory_stays_flat_as_the_budget_grows(tmp_path):
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, r.stderr[-2000:]
         record = json.loads((tmp_path / str(budget) / "metrics.json").read_text())
-        assert record["activation_store"] == "hit" and record["tokens"] == budget // 1024 * 1024
+        assert record["activation_store"] == "hit" and record["tokens"] == budget // 1024 * 1024, (budget, record)
         peaks.append(int(r.stdout.strip().splitlines()[-1]))
     buffer_kb = buffer * 512 * 4 / 1024
-    assert peaks[1] - peaks[0] <= 0.4 * 7 * buffer_kb, peaks
+    assert peaks[1] - peaks[0] <= 0.4 * 8 * buffer_kb, peaks

@@ -1,0 +1,203 @@
+"""One stream of training batches served to several runs at once (``hydra/launcher=one_pass``): runs that would read
+identical batches (same source, seed, budget and batch size) each train in a thread of their own, and the batches
+are read from the source once and handed to every run.
+
+The runs' :class:`~saefw.training.module.ActivationDataModule` ask :func:`current` for the thread's
+:class:`Member`; outside a one-pass group it is None and nothing changes. A member's batches are exactly the ones
+its run would read alone: the first ``init_batches`` (``head``, for the data-dependent init) and then the stream
+from its own resume step on. The stream starts once every member has joined (or left), from the smallest resume
+step; the fastest member runs at most ``lag`` batches ahead of the slowest, so at most ``lag`` batches are held.
+A member that fails (or finishes) leaves, and the others go on without it."""
+from __future__ import annotations
+
+import inspect
+import itertools
+import threading
+from collections.abc import Iterator
+
+import torch
+
+_local = threading.local()
+
+
+def current() -> Member | None:
+    """This thread's member of a one-pass group (None outside one)."""
+    return getattr(_local, "member", None)
+
+
+def enter(member: Member | None) -> None:
+    """Make ``member`` this thread's (None: leave the group's context)."""
+    _local.member = member
+
+
+class SharedBatches:
+    """The training batches of one group, read once. Counts what it read: ``batches_read`` (batches pulled from the
+    source) and ``streams_opened`` (``train_batches`` calls)."""
+
+    def __init__(self, lag: int = 8):
+        self.lag = max(1, int(lag))
+        self.cond = threading.Condition()
+        self.members: list[Member] = []
+        self.head: list[torch.Tensor] = []
+        self.batches_read = 0
+        self.streams_opened = 0
+        self._first = None  # the stream the head was read from (from batch 0)
+        self._main = None  # the stream served to the members, from batch ``_produced`` on
+        self._source = None
+        self._batch_size = None
+        self._buffer: dict[int, torch.Tensor] = {}
+        self._produced = 0
+        self._producing = False
+
+    def member(self, name) -> Member:
+        m = Member(self, name)
+        self.members.append(m)
+        return m
+
+    # --- called with the lock held ---
+    def _check(self, source, batch_size: int) -> None:
+        if self._source is None:
+            self._source, self._batch_size = source, batch_size
+        elif batch_size != self._batch_size:
+            raise RuntimeError(f"one_pass: a member asked for batches of {batch_size} rows, the group reads "
+                               f"{self._batch_size}")
+
+    def _open(self, skip: int) -> Iterator[torch.Tensor]:
+        self.streams_opened += 1
+        train_batches = self._source.train_batches
+        if skip and "skip" in inspect.signature(train_batches).parameters:
+            return iter(train_batches(self._batch_size, skip=skip))
+        return itertools.islice(train_batches(self._batch_size), skip, None)
+
+    def _pull(self, it) -> torch.Tensor | None:
+        """The next batch of ``it``, read without the lock (other members go on training meanwhile)."""
+        self._producing = True
+        self.cond.release()
+        try:
+            batch = next(it, None)
+        finally:
+            self.cond.acquire()
+            self._producing = False
+            self.cond.notify_all()
+        if batch is not None:
+            self.batches_read += 1
+        return batch
+
+    def _waiting_for_members(self) -> bool:
+        return any(m.state == "setup" for m in self.members)
+
+    def _start(self) -> None:
+        """Every member has joined or left: open the stream at the smallest resume step."""
+        skips = [m.cursor for m in self.members if m.state == "joined"]
+        start = min(skips) if skips else 0
+        if start <= len(self.head) and self._first is not None:
+            # the head is the stream's beginning: go on reading the stream it came from
+            self._main, self._first = self._first, None
+            self._buffer = dict(enumerate(self.head))
+            self._produced = len(self.head)
+        else:
+            self._first = None
+            self._main = self._open(start)
+            self._produced = start
+
+    def _low(self) -> int:
+        cursors = [m.cursor for m in self.members if m.state == "joined"]
+        return min(cursors) if cursors else self._produced
+
+    def _get(self, member: Member, i: int) -> torch.Tensor | None:
+        with self.cond:
+            member.cursor = i
+            self.cond.notify_all()
+            while self._waiting_for_members():
+                self.cond.wait()
+            if self._main is None:
+                self._start()
+            for k in [k for k in self._buffer if k < self._low()]:
+                del self._buffer[k]
+            while i >= self._produced:
+                if self._producing or self._produced - self._low() >= self.lag:
+                    self.cond.wait()
+                    continue
+                batch = self._pull(self._main)
+                if batch is None:
+                    return None
+                self._buffer[self._produced] = batch
+                self._produced += 1
+                self.cond.notify_all()
+            if i not in self._buffer:  # never: the stream starts at the earliest member and keeps what any needs
+                raise RuntimeError(f"one_pass: batch {i} of member {member.name} is no longer held (the group's "
+                                   f"stream is at {self._produced})")
+            return self._buffer[i]
+
+    def _head(self, source, batch_size: int, n: int) -> list[torch.Tensor]:
+        with self.cond:
+            self._check(source, batch_size)
+            while len(self.head) < n:
+                if self._producing:
+                    self.cond.wait()
+                    continue
+                if self._first is None:
+                    if self._main is not None or self.head:
+                        break  # the stream has moved on (or ran dry): the head stays what it is
+                    self._first = self._open(0)
+                batch = self._pull(self._first)
+                if batch is None:
+                    break
+                self.head.append(batch)
+            return self.head[:n]
+
+    def report(self) -> dict:
+        return {"batches_read": self.batches_read, "streams_opened": self.streams_opened,
+                "members": {str(m.name): {"state": m.state, "served": m.served} for m in self.members}}
+
+
+class Member:
+    """One run of a group. ``state``: ``setup`` (building its run), ``joined`` (training on the stream), ``left``
+    (finished or failed). ``ready`` is set once it joined or left: the launcher then starts the next member's setup,
+    so that the seeded setups (weights init, RNG) happen one at a time, as in separate runs."""
+
+    def __init__(self, group: SharedBatches, name):
+        self.group, self.name = group, name
+        self.state = "setup"
+        self.cursor = 0
+        self.served = 0
+        self.ready = threading.Event()
+        self.closers: list = []  # called with ``failed`` when the job has ended (its W&B run)
+
+    def head(self, source, batch_size: int, n: int) -> list[torch.Tensor]:
+        """The first ``n`` training batches (a run's ``peek``)."""
+        return [b.clone() for b in self.group._head(source, batch_size, n)]
+
+    def stream(self, source, batch_size: int, skip: int, steps: int) -> Iterator[torch.Tensor]:
+        """Join the group: batches ``skip`` .. ``steps`` − 1, each a copy of its own."""
+        g = self.group
+        with g.cond:
+            g._check(source, batch_size)
+            if self.state == "setup":
+                self.state, self.cursor = "joined", skip
+            g.cond.notify_all()
+        self.ready.set()
+        return self._serve(skip, steps)
+
+    def _serve(self, skip: int, steps: int) -> Iterator[torch.Tensor]:
+        try:
+            for i in range(skip, steps):
+                batch = self.group._get(self, i)
+                if batch is None:
+                    break
+                self.served += 1
+                yield batch.clone()  # a member never sees (nor changes) another member's tensor
+        finally:
+            self.leave()
+
+    def close(self, failed: bool) -> None:
+        """The job has ended: close what it keeps open (its W&B run)."""
+        while self.closers:
+            self.closers.pop()(failed)
+
+    def leave(self) -> None:
+        g = self.group
+        with g.cond:
+            self.state = "left"
+            g.cond.notify_all()
+        self.ready.set()
