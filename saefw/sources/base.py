@@ -1,6 +1,8 @@
 """The activation-source interface: batches of activations [B, d_in], a train stream and a held-out split."""
 from __future__ import annotations
 
+import inspect
+import itertools
 from collections.abc import Callable, Iterator
 
 from torch import Tensor
@@ -65,3 +67,16 @@ class ActivationSource:
     def describe(self) -> dict:
         """Provenance recorded with the SAE and in metrics.json (an LM source gives model, layer, site, ...)."""
         return {}
+
+
+def train_batches_from(source: ActivationSource, batch_size: int, skip: int = 0,
+                       part: tuple[int, int] = (0, 1)) -> Iterator[Tensor]:
+    """``source``'s training batches after the first ``skip``, this rank's ``part=(rank, world)`` rows of each.
+    A source whose ``train_batches`` takes ``skip`` and ``part`` does both itself; any other is replayed from its
+    start and every batch sliced."""
+    if {"skip", "part"} <= set(inspect.signature(source.train_batches).parameters):
+        return iter(source.train_batches(batch_size, skip=skip, part=part))
+    rank, world = part
+    share = batch_size // world
+    return (b[rank * share: (rank + 1) * share]
+            for b in itertools.islice(source.train_batches(batch_size), skip, None))

@@ -1,7 +1,6 @@
 """Lightning pieces: the SAE training module, the activation data module, and the periodic-eval callback."""
 from __future__ import annotations
 
-import inspect
 import itertools
 import logging
 import time
@@ -17,6 +16,7 @@ from saefw.arch.base import compose_loss
 from saefw.arch.ops import batch_firing
 from saefw.errors import SaefwError
 from saefw.evals.base import run_evaluators
+from saefw.sources.base import train_batches_from
 from saefw.training import shared_batches
 from saefw.training.sparsity import SparsityController
 
@@ -72,7 +72,7 @@ class ActivationDataModule(pl.LightningDataModule):
 
     def batches(self, skip: int = 0, part: tuple[int, int] = (0, 1)):
         """The training batches after the first ``skip``, this rank's ``part=(rank, world)`` of each."""
-        rank, world = part
+        world = part[1]
         check_global_batch(self.batch_size, world)
         if (shared := shared_batches.current()) is not None and world == 1:  # read once for the whole group
             self._head = []
@@ -80,13 +80,7 @@ class ActivationDataModule(pl.LightningDataModule):
         if skip == 0 and world == 1:  # the peeked head, then the same stream
             head, self._head = self._head, []
             return itertools.islice(itertools.chain(head, self._stream()), self.steps)
-        if {"skip", "part"} <= set(inspect.signature(self.source.train_batches).parameters):
-            return itertools.islice(self.source.train_batches(self.batch_size, skip=skip, part=part),
-                                    self.steps - skip)
-        # a source that cannot skip or shard by itself: replay its stream and slice every batch
-        share = self.batch_size // world
-        return (b[rank * share: (rank + 1) * share]
-                for b in itertools.islice(self.source.train_batches(self.batch_size), skip, self.steps))
+        return itertools.islice(train_batches_from(self.source, self.batch_size, skip, part), self.steps - skip)
 
     def train_dataloader(self):
         trainer = self.trainer

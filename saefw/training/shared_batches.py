@@ -10,12 +10,12 @@ step; the fastest member runs at most ``lag`` batches ahead of the slowest, so a
 A member that fails (or finishes) leaves, and the others go on without it."""
 from __future__ import annotations
 
-import inspect
-import itertools
 import threading
 from collections.abc import Iterator
 
 import torch
+
+from saefw.sources.base import train_batches_from
 
 _local = threading.local()
 
@@ -64,10 +64,7 @@ class SharedBatches:
 
     def _open(self, skip: int) -> Iterator[torch.Tensor]:
         self.streams_opened += 1
-        train_batches = self._source.train_batches
-        if skip and "skip" in inspect.signature(train_batches).parameters:
-            return iter(train_batches(self._batch_size, skip=skip))
-        return itertools.islice(train_batches(self._batch_size), skip, None)
+        return train_batches_from(self._source, self._batch_size, skip)
 
     def _pull(self, it) -> torch.Tensor | None:
         """The next batch of ``it``, read without the lock (other members go on training meanwhile)."""
