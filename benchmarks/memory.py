@@ -52,7 +52,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
     lines = ["# Peak memory and wall time of the README's commands", "",
              f"{meta['machine']}, torch {meta['torch']}, fp32; each command a fresh process, W&B offline. "
              "Peak RSS: `ru_maxrss` of the process and its children. elapsed: measured around the process; "
-             "wall_seconds: what metrics.json says.", "",
+             "wall_seconds: what metrics.json says." + (f" {meta['note']}" if meta.get("note") else ""), "",
              "| run | command | peak RSS MB | elapsed s | wall_seconds | store | l0 | explained_variance | "
              "ce_loss_recovered | timings s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -68,6 +68,7 @@ def main() -> None:
     ap.add_argument("--runs", nargs="*", default=["first", "warm", "card", "card_warm"], choices=list(COMMANDS))
     ap.add_argument("--cache", default=None, help="a cache folder to use (default: a fresh temporary one)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    ap.add_argument("--note", default="", help="a line for the results (e.g. what else the machine was running)")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="saefw-memory-") as tmp:
@@ -75,7 +76,7 @@ def main() -> None:
         for name in args.runs:
             rows.append(run(name, cache, Path(tmp)))
             print(json.dumps(rows[-1]), flush=True)
-    meta = {"machine": f"{os.cpu_count()}-core {platform.machine()} CPU", "torch": _torch_version()}
+    meta = {"machine": f"{os.cpu_count()}-core {platform.machine()} CPU", "torch": _torch_version(), "note": args.note}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "memory.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

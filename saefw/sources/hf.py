@@ -237,7 +237,7 @@ class HFActivationSource(ActivationSource):
 
     def _shuffled(self, batch_size: int, skip: int, part: tuple[int, int]) -> Iterator[Tensor]:
         g = torch.Generator().manual_seed(self.spec.seed)
-        buffer = ShuffleBuffer(self.row_width, skip)
+        buffer = ShuffleBuffer(self.row_width, skip, capacity=self.cfg.buffer_tokens)
         for epoch in itertools.count():
             if epoch == 1:
                 log.warning("the budget (%d tokens) exceeds the corpus's training split: reusing text (epoch 2+)",

@@ -13,10 +13,13 @@ on their contents. That makes two things cheap:
   ``[rank·B/world, (rank+1)·B/world)`` of every global batch of ``B`` rows, gathering only those rows. The ranks
   together see each global batch exactly once, as a one-process run would.
 
-The rows live in two fixed blocks that are refilled in place (chunks copied in, the rows kept after a serve
-gathered into the other block): a buffer that allocated a new block at every add and serve left the heap a little
-more fragmented each time (saefw keeps freed blocks in the process, :mod:`saefw.app.allocator`), so peak memory
-crept up with the number of chunks read; with the blocks reused it depends on the buffer's size only.
+The rows live in one fixed block, refilled in place (chunks copied in; the rows kept after a serve gathered into
+a scratch block of about half its size, then copied back to its front). A buffer that allocated a new block at
+every add and serve left the heap a little more fragmented each time (saefw keeps freed blocks in the process,
+:mod:`saefw.app.allocator`), so peak memory crept up with the number of chunks read; with the blocks reused it
+depends on the buffer's size only. ``capacity`` (the buffer's fill threshold) sizes the block at the first add, so
+filling it never holds an old and a new block at once: at the default 131,072 rows of d 576 the block is 377 MB
+and the scratch 190 MB, where two swapped full blocks and the fill's regrowth took 754 MB and more.
 """
 from __future__ import annotations
 
@@ -36,12 +39,14 @@ class Chunk:
 
 
 class ShuffleBuffer:
-    """Rows waiting to be served (see the module docstring). ``skip``: global batches to pass over first."""
+    """Rows waiting to be served (see the module docstring). ``skip``: global batches to pass over first;
+    ``capacity``: the length at which the caller serves (the block then holds it and one more chunk)."""
 
-    def __init__(self, d: int, skip: int = 0):
-        self.d, self.skip = d, skip
-        self.rows = torch.empty(0, d)  # a view of the first len(self) rows of self._blocks[0]
-        self._blocks: list[Tensor] = [torch.empty(0, d), torch.empty(0, d)]
+    def __init__(self, d: int, skip: int = 0, capacity: int = 0):
+        self.d, self.skip, self.capacity = d, skip, capacity
+        self.rows = torch.empty(0, d)  # a view of the first len(self) rows of self._block
+        self._block = torch.empty(0, d)
+        self._scratch = torch.empty(0, d)  # where the rows kept after a serve are gathered
         # while skipping: ids of the waiting rows, and the chunks they come from as (first id, chunk)
         self.ids = torch.empty(0, dtype=torch.long)
         self.chunks: list[tuple[int, Chunk]] = []
@@ -60,21 +65,21 @@ class ShuffleBuffer:
 
     def _append(self, new: Tensor) -> None:
         n, need = len(self.rows), len(self.rows) + len(new)
-        if need > len(self._blocks[0]):  # the first fills only: afterwards the buffer never outgrows its block
-            block = torch.empty(need, self.d)
+        if need > len(self._block):  # the first add (or a chunk longer than the first): never again afterwards
+            block = torch.empty(max(need, self.capacity + len(new)), self.d)
             block[:n] = self.rows
-            self._blocks[0] = block
-        self._blocks[0][n:need] = new
-        self.rows = self._blocks[0][:need]
+            self._block = block
+        self._block[n:need] = new
+        self.rows = self._block[:need]
 
-    def _keep(self, index: Tensor) -> None:
-        """rows ← rows[index], gathered into the other block (same capacity), which then becomes the current one."""
-        if len(self._blocks[1]) < len(self._blocks[0]):
-            self._blocks[1] = torch.empty_like(self._blocks[0])
-        kept = self._blocks[1][:len(index)]
-        torch.index_select(self.rows, 0, index, out=kept)
-        self._blocks.reverse()
-        self.rows = kept
+    def _keep(self, index: Tensor, batch_size: int) -> None:
+        """rows ← rows[index], gathered into the scratch block and copied back to the front of the block."""
+        k = len(index)
+        if len(self._scratch) < k:  # a serve keeps at most half the block and one batch
+            self._scratch = torch.empty(max(k, (len(self._block) + 1) // 2 + batch_size), self.d)
+        torch.index_select(self.rows, 0, index, out=self._scratch[:k])
+        self._block[:k] = self._scratch[:k]
+        self.rows = self._block[:k]
 
     def serve(self, n: int, batch_size: int, generator: torch.Generator,
               part: tuple[int, int] = (0, 1)) -> Iterator[Tensor]:
@@ -102,7 +107,7 @@ class ShuffleBuffer:
         for j in range(first, n_batches):
             start = j * batch_size + rank * share
             yield self.rows[perm[start: start + share]]
-        self._keep(perm[end:])
+        self._keep(perm[end:], batch_size)
 
     def _forget_unused_chunks(self) -> None:
         if not self.chunks:

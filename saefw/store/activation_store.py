@@ -21,6 +21,7 @@ shards (continuing the corpus where the last shard ended) and reads the rest.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -97,8 +98,18 @@ class Manifest:
         return sum(s.n_contexts for s in self.shards)
 
 
-def _checksum(data: bytes | memoryview) -> str:
+def _checksum(data: bytes | bytearray | memoryview) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _array_in(raw: bytearray) -> np.ndarray:
+    """The array of an ``.npy`` file's bytes, sharing them (``np.load`` of the bytes would copy the shard again)."""
+    head = io.BytesIO(bytes(memoryview(raw)[:1 << 16]))  # the header is at most 64 KB (numpy's format)
+    version = np.lib.format.read_magic(head)
+    shape, fortran, dtype = (np.lib.format.read_array_header_1_0(head) if version == (1, 0)
+                             else np.lib.format.read_array_header_2_0(head))
+    arr = np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape)), offset=head.tell())
+    return arr.reshape(shape, order="F" if fortran else "C")
 
 
 def default_root() -> Path:
@@ -176,16 +187,15 @@ class ActivationStore:
         shard = m.shards[index]
         path = self.path / shard.file
         try:
-            raw = path.read_bytes()
+            raw = bytearray(path.stat().st_size)
+            with open(path, "rb") as fh:
+                fh.readinto(raw)
         except OSError as exc:
             raise CorruptShardError(f"activation store shard {path} cannot be read: {exc}") from None
         if _checksum(raw) != shard.checksum:
             raise CorruptShardError(f"activation store shard {path} is corrupt (checksum mismatch: truncated or "
                                     f"modified); it is never used")
-        import io
-
-        arr = np.load(io.BytesIO(raw))
-        t = torch.from_numpy(arr)
+        t = torch.from_numpy(_array_in(raw))
         if self.key.dtype == "bfloat16":
             t = t.view(torch.bfloat16)
         return t.float()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from saefw.app.allocator import release_freed_memory
 from saefw.store.activation_store import ActivationStore
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ def fill_stores(lm, stores: list[ActivationStore], documents: Callable[[], Itera
                 if any(k > j for k in js):
                     stores[i].mark_exhausted()
         bar.close()
+        release_freed_memory()  # the forwards' and shards' blocks must not stay under training's
         report.seconds = time.time() - t0
         if report.tokens:
             log.info("harvested %d tokens at %d hook point(s) in %.1f s (%.0f tokens/s)", report.tokens,

@@ -11,6 +11,7 @@ import torch
 from pytorch_lightning.callbacks import TQDMProgressBar
 from torch.utils.data import DataLoader, IterableDataset
 
+from saefw.app.allocator import release_freed_memory
 from saefw.app.distributed import check_global_batch
 from saefw.arch.base import compose_loss
 from saefw.arch.ops import batch_firing
@@ -88,6 +89,13 @@ class ActivationDataModule(pl.LightningDataModule):
         part = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         # the length stays `steps`: Lightning's restored batch counter continues from `skip`
         return DataLoader(_Stream(lambda: self.batches(skip, part), self.steps), batch_size=None, num_workers=0)
+
+    def teardown(self, stage: str) -> None:
+        """After fitting, let go of the training stream: its shuffle buffer (567 MB at the default 131,072 rows
+        of d 576) must not sit under the final evaluation's logits."""
+        if stage == "fit":
+            self._iter, self._head = None, []
+            release_freed_memory()
 
 
 class SAEModule(pl.LightningModule):

@@ -6,10 +6,13 @@ import torch
 from saefw.sources.shuffle import Chunk, ShuffleBuffer
 
 
-def _stream(chunks, batch_size, buffer_rows, seed=0, skip=0, part=(0, 1), epochs=2):
-    """The serving loop of the HF source over ``chunks`` (a list of tensors), ``epochs`` times."""
+def _stream(chunks, batch_size, buffer_rows, seed=0, skip=0, part=(0, 1), epochs=2, capacity=0, seen=None):
+    """The serving loop of the HF source over ``chunks`` (a list of tensors), ``epochs`` times; ``seen`` (a list)
+    receives the buffer."""
     g = torch.Generator().manual_seed(seed)
-    buf = ShuffleBuffer(chunks[0].shape[1], skip)
+    buf = ShuffleBuffer(chunks[0].shape[1], skip, capacity=capacity)
+    if seen is not None:
+        seen.append(buf)
     for _ in range(epochs):
         for c in chunks:
             buf.add(Chunk(len(c), lambda c=c: c.clone()))
@@ -79,3 +82,19 @@ def test_ranks_get_disjoint_parts_that_make_up_each_global_batch(chunks, skip):
     for j, whole in enumerate(full):
         assert torch.equal(torch.cat([p[j] for p in parts]), whole)
         assert all(len(p[j]) == 4 for p in parts)
+
+
+def test_capacity_sizes_the_block_once_and_changes_no_batch():
+    chunks = [torch.arange(i * 50, (i + 1) * 50, dtype=torch.float32)[:, None].repeat(1, 3) for i in range(30)]
+    plain = torch.cat(list(_stream(chunks, 16, 120)))
+    seen, blocks, scratches = [], set(), set()
+    sized = []
+    for batch in _stream(chunks, 16, 120, capacity=120, seen=seen):
+        sized.append(batch)
+        blocks.add(seen[0]._block.data_ptr())
+        scratches.add(seen[0]._scratch.data_ptr())
+    assert torch.equal(torch.cat(sized), plain)
+    buf = seen[0]
+    # the fill threshold plus one chunk, allocated at the first add and never again; the scratch: half and a batch
+    assert len(buf._block) == 120 + 50 and len(blocks) == 1
+    assert len(buf._scratch) == 85 + 16 and len(scratches - {torch.empty(0).data_ptr()}) <= 1

@@ -94,3 +94,36 @@ def test_run_records_where_its_time_went(trained_runs):
         assert record["wall_from"] == "job"
         assert abs(sum(t.values()) - record["wall_seconds"]) < 1.0, (t, record["wall_seconds"])
         assert t["startup"] < 1.0  # from the job's start: the process's start-up and imports belong to no job
+
+
+class _Held:
+    """Stands for the shuffle buffer a source's batch generator holds while it is open."""
+
+
+def test_fitting_lets_go_of_the_training_stream(tmp_path):
+    import gc
+    import weakref
+
+    held = []
+
+    class Source:
+        def train_batches(self, batch_size):
+            buffer = _Held()
+            held.append(weakref.ref(buffer))
+            g = torch.Generator().manual_seed(0)
+            while buffer is not None:
+                yield torch.randn(batch_size, 6, generator=g)
+
+    discover()
+    steps = 4
+    sae = build("arch", {"name": "l1"}, d_in=6, d_sae=24)
+    module = SAEModule(sae, build("penalty", {"name": "l1_decoder_norm"}),
+                       SparsityController(SparsityConfig(), 1.0, 8, steps), TrainConfig(batch_size=32), steps)
+    data = ActivationDataModule(Source(), 32, steps)
+    data.peek(2)  # the data-dependent init opens the stream before fitting, as a run does
+    trainer = pl.Trainer(max_steps=steps, max_epochs=1, logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=data)
+    gc.collect()
+    assert trainer.global_step == steps and len(held) == 1
+    assert held[0]() is None, "the training stream (and its buffer) outlived fitting: the final evaluation pays for it"
