@@ -102,7 +102,7 @@ def _last_line(log: Path) -> str:
 
 
 def run_case(case: str, corpus: Path, tokens: int, eval_every: int, runs: Path, extra: list[str],
-             poll: float, curve_contexts: int) -> dict:
+             poll: float, curve_contexts: int, report: bool = False) -> dict:
     run_dir = run_dir_of(runs, case, tokens)
     overrides = [*CASES[case], "layer=6", f"source.corpus={corpus}", f"total_tokens={tokens}",
                  f"train.eval_every_steps={eval_every}", f"train.checkpoint_every_steps={eval_every}",
@@ -115,6 +115,14 @@ def run_case(case: str, corpus: Path, tokens: int, eval_every: int, runs: Path, 
     if done is not None:
         print(f"== {case}: finished earlier in {run_dir}, reused", flush=True)
         return {**row, "status": "ok", "reused": True, **collect(done)}
+    if report:  # tables only: a run stopped part way (Ctrl-C saves its record and history) shows how far it got
+        path = run_dir / "metrics.json"
+        m = json.loads(path.read_text()) if path.is_file() else {}
+        if m.get("interrupted") and (run_dir / "long_run_case.json").is_file() \
+                and json.loads((run_dir / "long_run_case.json").read_text()) == spec:
+            print(f"== {case}: interrupted at {m.get('tokens', 0):,} tokens in {run_dir}", flush=True)
+            return {**row, "status": "interrupted", **collect(m)}
+        return {**row, "status": "failed", "error": "not run (--report)"}
     cmd = [sys.executable, "-m", "saefw", *overrides, f"hydra.run.dir={run_dir}", "wandb.mode=disabled"]
     log = run_dir.with_suffix(".log")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -181,10 +189,11 @@ def plot(rows: list[dict], path: Path, tokens: int) -> None:
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     for r in rows:
-        if r["status"] != "ok" or not r.get("curve"):
+        if r["status"] not in ("ok", "interrupted") or not r.get("curve"):
             continue
         xs = [p["tokens"] / 1e6 for p in r["curve"]]
-        label = f"{r['case']} ({' '.join(CASES[r['case']])})"
+        label = f"{r['case']} ({' '.join(CASES[r['case']])})" + (
+            f", stopped at {r['tokens'] / 1e6:.1f} M" if r["status"] == "interrupted" else "")
         a.plot(xs, [p.get("l0") for p in r["curve"]], marker="o", ms=3, label=label)
         ce = [p.get("ce_loss_recovered") for p in r["curve"]]
         se = [p.get("ce_loss_recovered_se") or 0 for p in r["curve"]]
@@ -225,6 +234,14 @@ def answers(rows: dict, meta: dict) -> list[str]:
         out.append("Caveat: λ's schedule stretches with the budget (the target descends over the first half, λ is "
                    "frozen for the last 20 %), so the periodic points of the first half are not yet at L0 32; the "
                    "curve is one run's trajectory, not a set of runs of shorter budgets.")
+    elif l1 and l1["status"] == "interrupted":
+        first = first_reaching(l1["curve"], 40, 0.9)
+        out.append(f"Not answered at {meta['tokens']:,} tokens: the l1 run was stopped at {l1['tokens']:,} "
+                   f"(resumable: rerun the script). Its last evaluation there: L0 {l1['l0']:.1f}, CE loss recovered "
+                   f"{l1['ce_loss_recovered']:.3f} ± {_f(l1['ce_loss_recovered_se'])}, EV "
+                   f"{l1['explained_variance']:.3f}; "
+                   + (f"the first evaluation meeting both was at {first['tokens']:,} tokens." if first else
+                      "no evaluation so far met both (λ is still descending to its target over the first half)."))
     else:
         out.append("Not run (or failed): see the table.")
     out += ["", "**How do the defaults scale?**"]
@@ -273,10 +290,12 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "| case | overrides | L0 | explained_variance ± se | ce_loss_recovered ± se | ce_delta | kl_div | "
              "dead_fraction | final λ | steps | harvest s | train s | wall s |", "|" + "---|" * 13]
     for r in rows:
-        if r["status"] != "ok":
+        if r["status"] not in ("ok", "interrupted"):
             lines.append(f"| {r['case']} | failed: {r.get('error', '')[-160:]!r} |")
             continue
-        lines.append(f"| {r['case']} | `{' '.join(CASES[r['case']])}` | {r['l0']:.1f} | "
+        stopped = f" (stopped at {r['tokens']:,} tokens: its last periodic evaluation)" \
+            if r["status"] == "interrupted" else ""
+        lines.append(f"| {r['case']}{stopped} | `{' '.join(CASES[r['case']])}` | {r['l0']:.1f} | "
                      f"{_f(r['explained_variance'])} ± {_f(r['explained_variance_se'])} | "
                      f"{_f(r['ce_loss_recovered'])} ± {_f(r['ce_loss_recovered_se'])} | {_f(r['ce_delta'])} | "
                      f"{_f(r['kl_div'])} | {_f(r['dead_fraction'])} | "
@@ -284,7 +303,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
                      f"{_f(r['harvest_seconds'], 0)} | {_f(r['train_seconds'], 0)} | {_f(r['wall_seconds'], 0)} |")
     lines += ["", "![L0 and CE loss recovered against training tokens](long_run.png)", "", "## Curves", ""]
     for r in rows:
-        if r["status"] != "ok":
+        if r["status"] not in ("ok", "interrupted"):
             continue
         lines += [f"### {r['case']}", "", "| tokens | L0 | ce_loss_recovered ± se | explained_variance |",
                   "|---|---|---|---|"]
@@ -310,10 +329,20 @@ def main() -> None:
     ap.add_argument("--curve-contexts", type=int, default=128, help=(
         "held-out contexts each periodic CE-recovered evaluation scores (saefw's default is 8; 128 = the final "
         "evaluation's contexts, so every point of a curve is measured on the same text)"))
+    ap.add_argument("--case-eval-every", nargs="*", default=[], metavar="CASE=STEPS", help=(
+        "steps between periodic evaluations for some cases (e.g. l1=1953: fewer points, a shorter run)"))
+    ap.add_argument("--report", action="store_true", help=(
+        "run nothing: write the results from the finished (or interrupted) runs already in --runs"))
     ap.add_argument("extra", nargs="*", help="overrides passed to every run")
     args = ap.parse_args()
     steps = args.tokens // BATCH
     eval_every = args.eval_every or max(1, steps // 20)
+    per_case = {}
+    for item in args.case_eval_every:
+        case, _, n = item.partition("=")
+        if case not in CASES or not n.isdigit() or int(n) < 1:
+            ap.error(f"--case-eval-every {item!r}: want CASE=STEPS with CASE one of {', '.join(CASES)}")
+        per_case[case] = int(n)
     corpus = Path(args.corpus).expanduser()
     stats = debian_corpus.ensure(corpus, min_tokens=args.tokens)
     print(f"corpus {corpus}: {stats['documents']:,} documents, {stats['tokens']:,} tokens; {steps:,} steps per run, "
@@ -321,10 +350,11 @@ def main() -> None:
     out, runs = Path(args.out), Path(args.runs)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    rows = [run_case(case, corpus, args.tokens, eval_every, runs, args.extra, args.poll, args.curve_contexts)
-            for case in args.only]
+    rows = [run_case(case, corpus, args.tokens, per_case.get(case, eval_every), runs, args.extra, args.poll,
+                     args.curve_contexts, args.report) for case in args.only]
     meta = {"model": "SmolLM2-135M-Instruct", "machine": f"{os.cpu_count()}-core CPU, fp32 model, bfloat16 store",
-            "tokens": args.tokens, "eval_every_steps": eval_every, "batch_size": BATCH,
+            "tokens": args.tokens, "eval_every_steps": {c: per_case.get(c, eval_every) for c in args.only},
+            "batch_size": BATCH,
             "curve_contexts": args.curve_contexts,
             "corpus": {"path": str(corpus), **{k: stats.get(k) for k in ("documents", "characters", "tokens")}},
             "reference_300k": reference_rows(), "extra_overrides": args.extra, "published": PUBLISHED,
