@@ -159,6 +159,8 @@ def collect(m: dict) -> dict:
               **{k: h[k] for k in CURVE_KEYS if k in h}} for h in m.get("history", [])]
     final = {"step": m.get("steps"), "tokens": m.get("tokens"), "final": True,
              **{k: m[k] for k in CURVE_KEYS if k in m}}
+    if m.get("interrupted"):  # its record holds the last periodic evaluation's metrics: the curve ends there
+        return {**{k: m.get(k) for k in KEYS}, "tokens": curve[-1]["tokens"] if curve else 0, "curve": curve}
     if not curve or curve[-1]["step"] != final["step"]:
         curve.append(final)
     else:
@@ -293,7 +295,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         if r["status"] not in ("ok", "interrupted"):
             lines.append(f"| {r['case']} | failed: {r.get('error', '')[-160:]!r} |")
             continue
-        stopped = f" (stopped at {r['tokens']:,} tokens: its last periodic evaluation)" \
+        stopped = f" (stopped; its last periodic evaluation, at {r['tokens']:,} tokens)" \
             if r["status"] == "interrupted" else ""
         lines.append(f"| {r['case']}{stopped} | `{' '.join(CASES[r['case']])}` | {r['l0']:.1f} | "
                      f"{_f(r['explained_variance'])} ± {_f(r['explained_variance_se'])} | "
