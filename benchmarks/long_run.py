@@ -77,11 +77,17 @@ def run_dir_of(runs: Path, case: str, tokens: int) -> Path:
     return runs / f"{case}_{tokens}"
 
 
+def same_spec(run_dir: Path, spec: dict) -> bool:
+    """Whether the run in ``run_dir`` was started with this ``spec`` (its overrides and the corpus's manifest,
+    recorded in ``long_run_case.json`` when it started)."""
+    case = run_dir / "long_run_case.json"
+    return case.is_file() and json.loads(case.read_text()) == spec
+
+
 def finished(run_dir: Path, tokens: int, spec: dict) -> dict | None:
-    """The run's metrics.json if it finished with this budget and this ``spec`` (its overrides and the corpus's
-    manifest, recorded in ``long_run_case.json`` when it started), else None."""
-    path, case = run_dir / "metrics.json", run_dir / "long_run_case.json"
-    if not path.is_file() or not case.is_file() or json.loads(case.read_text()) != spec:
+    """The run's metrics.json if it finished with this budget and this ``spec``, else None."""
+    path = run_dir / "metrics.json"
+    if not path.is_file() or not same_spec(run_dir, spec):
         return None
     m = json.loads(path.read_text())
     if m.get("status") == "failed" or m.get("interrupted") or m.get("tokens", 0) < (tokens // BATCH) * BATCH:
@@ -118,16 +124,14 @@ def run_case(case: str, corpus: Path, tokens: int, eval_every: int, runs: Path, 
     if report:  # tables only: a run stopped part way (Ctrl-C saves its record and history) shows how far it got
         path = run_dir / "metrics.json"
         m = json.loads(path.read_text()) if path.is_file() else {}
-        if m.get("interrupted") and (run_dir / "long_run_case.json").is_file() \
-                and json.loads((run_dir / "long_run_case.json").read_text()) == spec:
+        if m.get("interrupted") and same_spec(run_dir, spec):
             print(f"== {case}: interrupted at {m.get('tokens', 0):,} tokens in {run_dir}", flush=True)
             return {**row, "status": "interrupted", **collect(m)}
         return {**row, "status": "failed", "error": "not run (--report)"}
     cmd = [sys.executable, "-m", "saefw", *overrides, f"hydra.run.dir={run_dir}", "wandb.mode=disabled"]
     log = run_dir.with_suffix(".log")
     run_dir.mkdir(parents=True, exist_ok=True)
-    old = run_dir / "long_run_case.json"
-    if old.is_file() and json.loads(old.read_text()) != spec:  # another corpus or settings: start over
+    if (run_dir / "long_run_case.json").is_file() and not same_spec(run_dir, spec):  # other corpus or settings
         cmd.append("resume=false")
     (run_dir / "long_run_case.json").write_text(json.dumps(spec, indent=1))
     print(f"== {case}: {' '.join(cmd[1:])}\n   log: {log}", flush=True)

