@@ -55,7 +55,7 @@ CURVE_KEYS = ("l0", "ce_loss_recovered", "ce_loss_recovered_se", "explained_vari
               "dead_fraction", "coefficient", "final_coefficient")
 KEYS = ("arch", "l0", "explained_variance", "explained_variance_se", "ce_loss_recovered", "ce_loss_recovered_se",
         "ce_delta", "kl_div", "dead_fraction", "dead_fraction_heldout", "shrinkage", "final_coefficient", "d_sae",
-        "steps", "tokens", "activation_store", "harvest_seconds", "train_seconds", "wall_seconds", "timings")
+        "steps", "tokens", "resumed_from", "activation_store", "harvest_seconds", "train_seconds", "wall_seconds", "timings")
 # Published numbers we could check (the model cards / metrics files below); other models, corpora and widths,
 # so they place our numbers, they do not rank them.
 PUBLISHED = [
@@ -307,6 +307,10 @@ def markdown(rows: list[dict], meta: dict) -> str:
                      f"{_f(r['kl_div'])} | {_f(r['dead_fraction'])} | "
                      f"{_f(r['final_coefficient'], 4) if r['case'] != 'topk' else '—'} | {r['steps']} | "
                      f"{_f(r['harvest_seconds'], 0)} | {_f(r['train_seconds'], 0)} | {_f(r['wall_seconds'], 0)} |")
+    for r in rows:  # a resumed run's record times only the process that finished it
+        if r.get("resumed_from"):
+            lines += ["", f"{r['case']} was resumed from its step-{r['resumed_from']:,} checkpoint: its train s and "
+                      "wall s are of the process that finished it; the steps before ran in an earlier process."]
     lines += ["", "![L0 and CE loss recovered against training tokens](long_run.png)", "", "## Curves", ""]
     for r in rows:
         if r["status"] not in ("ok", "interrupted"):
