@@ -74,8 +74,12 @@ def main() -> None:
     ap.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args()
-    if "one_pass_store" in args.modes and "cold" not in args.modes:
-        ap.error("one_pass_store reads the store the cold sweep fills: run it with cold (and warm)")
+    # each invocation has a store of its own: a mode that reads the store needs the cold sweep that fills it
+    readers = sorted({"warm", "one_pass_store"} & set(args.modes))
+    if readers and "cold" not in args.modes:
+        one = len(readers) == 1
+        ap.error(f"{' and '.join(readers)} {'reads' if one else 'read'} the store the cold sweep fills: run "
+                 f"{'it' if one else 'them'} with cold")
     work = Path(tempfile.mkdtemp(prefix="saefw-sweep-store-"))
     store_dir = work / "stores"
     out = Path(args.out)

