@@ -285,9 +285,10 @@ class EvalCallback(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
         if self.every and step % self.every == 0 and step > 0 and trainer.is_global_zero:
-            t0 = time.perf_counter()
-            result = run_evaluators(pl_module.sae, self.source, self.evaluators, self.batch_size, final=False)
-            self.seconds += time.perf_counter() - t0
+            with shared_batches.evaluation_turn():
+                t0 = time.perf_counter()
+                result = run_evaluators(pl_module.sae, self.source, self.evaluators, self.batch_size, final=False)
+                self.seconds += time.perf_counter() - t0
             if self.on_result:
                 self.on_result(result, step)
 

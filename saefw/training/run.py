@@ -29,6 +29,7 @@ from saefw.io.saved import save_sae
 from saefw.penalties.base import PenaltyConfig
 from saefw.registry import FAMILIES, build, discover, entry
 from saefw.sources.base import RunSpec
+from saefw.training import shared_batches
 from saefw.training.checkpoint import AtomicCheckpointIO, Checkpointer, Resume, check_identity, clear, find_resume
 from saefw.training.module import ActivationDataModule, EvalCallback, SAEModule, TokenProgressBar
 from saefw.training.plan import RunPlan
@@ -176,7 +177,7 @@ def run(cfg: DictConfig, run_dir: Path, clock: WallClock | None = None,
          on_interrupt=lambda: _save_interrupted(trainer, sae, run_dir, provenance, reporter, source, plan, timer))
     if not trainer.is_global_zero:
         return {}
-    with timer("evaluate"):
+    with shared_batches.evaluation_turn(), timer("evaluate"):  # in a one-pass group, one job evaluates at a time
         metrics = _final_evaluation(cfg, trainer, sae, module, source, evaluators, head, plan)
     with timer("save"):
         reporter.log_eval(metrics, trainer.global_step, periodic=False)

@@ -7,11 +7,19 @@ The runs' :class:`~saefw.training.module.ActivationDataModule` ask :func:`curren
 its run would read alone: the first ``init_batches`` (``head``, for the data-dependent init) and then the stream
 from its own resume step on. The stream starts once every member has joined (or left), from the smallest resume
 step; the fastest member runs at most ``lag`` batches ahead of the slowest, so at most ``lag`` batches are held.
-A member that fails (or finishes) leaves, and the others go on without it."""
+A member that fails (or finishes) leaves, and the others go on without it.
+
+The members' evaluations (periodic and final) take turns (:func:`evaluation_turn`): run at once, six final
+evaluations each held its logits and took 20× longer than alone on a 2-core machine (benchmarks/sweep_store.py).
+Taking turns cannot deadlock: an evaluation reads the held-out split, never the group's stream, so the member
+holding the turn always finishes it; the others train on until they need the turn, or until the stream's ``lag``
+holds them."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -30,6 +38,20 @@ def enter(member: Member | None) -> None:
     _local.member = member
 
 
+@contextmanager
+def evaluation_turn():
+    """Wait for this member's turn to evaluate and hold it for the block (outside a group: at once). The wait is
+    added to the member's ``waited_seconds``, so timings of the evaluation itself stay what it took."""
+    member = current()
+    if member is None:
+        yield
+        return
+    t0 = time.perf_counter()
+    with member.group.evaluating:
+        member.waited_seconds += time.perf_counter() - t0
+        yield
+
+
 class SharedBatches:
     """The training batches of one group, read once. Counts what it read: ``batches_read`` (batches pulled from the
     source) and ``streams_opened`` (``train_batches`` calls)."""
@@ -37,6 +59,7 @@ class SharedBatches:
     def __init__(self, lag: int = 8):
         self.lag = max(1, int(lag))
         self.cond = threading.Condition()
+        self.evaluating = threading.Lock()  # one member evaluates at a time (see the module's docstring)
         self.members: list[Member] = []
         self.head: list[torch.Tensor] = []
         self.batches_read = 0
@@ -145,7 +168,9 @@ class SharedBatches:
 
     def report(self) -> dict:
         return {"batches_read": self.batches_read, "streams_opened": self.streams_opened,
-                "members": {str(m.name): {"state": m.state, "served": m.served} for m in self.members}}
+                "members": {str(m.name): {"state": m.state, "served": m.served,
+                                         "waited_for_evaluation_seconds": round(m.waited_seconds, 1)}
+                            for m in self.members}}
 
 
 class Member:
@@ -158,6 +183,7 @@ class Member:
         self.state = "setup"
         self.cursor = 0
         self.served = 0
+        self.waited_seconds = 0.0  # for another member's evaluation to end (evaluation_turn)
         self.ready = threading.Event()
         self.closers: list = []  # called with ``failed`` when the job has ended (its W&B run)
 

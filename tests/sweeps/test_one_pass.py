@@ -139,6 +139,7 @@ def test_one_pass_equals_separate_runs_and_reads_the_batches_once(sweeps):
     for g in groups:
         assert g["shared"] and g["streams_opened"] == 1 and g["batches_read"] == STEPS
         assert {m["served"] for m in g["members"].values()} == {STEPS}
+        assert all(m["waited_for_evaluation_seconds"] >= 0 for m in g["members"].values())
     for jobs in ("[0, 1, 2]", "[3, 4, 5]"):
         assert f"one pass: jobs {jobs} trained on the same batches, read once (64 batches read for 3 jobs)" in (
             r.stdout + r.stderr)
@@ -282,6 +283,50 @@ def test_shared_batches_hold_at_most_lag_batches_ahead():
         time.sleep(0.001)
     t.join(10)
     assert len(seen) == 40 and max(seen) <= 4
+
+
+def test_members_evaluate_one_at_a_time_and_none_waits_forever():
+    """Three members evaluate every 4 batches (and at the end) while the others train: never two evaluations at
+    once, every member gets every batch, and the waits are counted on the members that waited."""
+    source = _Source(24)
+    feed = shared_batches.SharedBatches(lag=2)
+    members = [feed.member(i) for i in range(3)]
+    state = {"now": 0, "most": 0}
+    lock = threading.Lock()
+    got = {i: [] for i in range(3)}
+
+    def evaluate():
+        with shared_batches.evaluation_turn():
+            with lock:
+                state["now"] += 1
+                state["most"] = max(state["most"], state["now"])
+            time.sleep(0.02)
+            with lock:
+                state["now"] -= 1
+
+    def run(i, m):
+        shared_batches.enter(m)
+        try:
+            for b in m.stream(source, 2, 0, 24):
+                got[i].append(int(b[0, 0]))
+                if len(got[i]) % 4 == 0:
+                    evaluate()
+            evaluate()  # the final evaluation, after the member left the stream
+        finally:
+            shared_batches.enter(None)
+
+    threads = [threading.Thread(target=run, args=(i, m), daemon=True) for i, m in enumerate(members)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+        assert not t.is_alive()
+    assert state["most"] == 1 and all(g == list(range(24)) for g in got.values())
+    assert sum(m.waited_seconds for m in members) >= 0.02  # 21 evaluations of 20 ms in turn: someone waited
+    assert all("waited_for_evaluation_seconds" in m for m in feed.report()["members"].values())
+    t0 = time.perf_counter()
+    with shared_batches.evaluation_turn():  # outside a group: no turn to wait for
+        assert time.perf_counter() - t0 < 1
 
 
 def _composed(*overrides, hydra=False):
