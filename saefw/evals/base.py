@@ -7,7 +7,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from saefw.app.allocator import release_freed_memory
+from saefw.app.allocator import large_blocks_returned
 from saefw.registry import build
 
 log = logging.getLogger("saefw")
@@ -66,20 +66,22 @@ def run_evaluators(sae, source, evaluators: list[Evaluator], batch_size: int = 4
     ``final=False`` marks a periodic evaluation during training."""
     was_training = sae.training
     sae.eval()
+    # its logits and latents are temporaries between small results that outlive them: kept in the heap, they
+    # fragmented it by up to 1.1 GB, and they must not stay on top of training's heap (saefw.app.allocator)
     try:
-        for ev in evaluators:
-            ev.final = final
-            ev.begin(sae, source)
-        device = next(sae.parameters()).device
-        for rows in source.eval_batches(batch_size):
-            x_in, x = sae.split_rows(rows.to(device, torch.float32))
-            x_hat, f = sae(x_in)  # forward, not decode(f): a skip-transcoder's output also reads x_in
+        with large_blocks_returned():
             for ev in evaluators:
-                ev.update(x, f, x_hat)
-        out: dict[str, float | Tensor] = {}
-        for ev in evaluators:
-            out.update(ev.compute())
-        return out
+                ev.final = final
+                ev.begin(sae, source)
+            device = next(sae.parameters()).device
+            for rows in source.eval_batches(batch_size):
+                x_in, x = sae.split_rows(rows.to(device, torch.float32))
+                x_hat, f = sae(x_in)  # forward, not decode(f): a skip-transcoder's output also reads x_in
+                for ev in evaluators:
+                    ev.update(x, f, x_hat)
+            out: dict[str, float | Tensor] = {}
+            for ev in evaluators:
+                out.update(ev.compute())
+            return out
     finally:
         sae.train(was_training)
-        release_freed_memory()  # an evaluation's logits must not stay on top of training's heap

@@ -127,7 +127,12 @@ class LossRecoveredEvaluator(Evaluator):
             return None
 
         def compute():
-            parts, exact = {"ce_clean": [], "p_clean_W": [], "offset": []}, True
+            # the rows are written in place: appended one by one, each small row landed between two contexts'
+            # vocabulary-sized temporaries and the heap grew by ~100 MB per batch (saefw.app.allocator)
+            n, positions = tokens.shape[0], tokens.shape[1] - 2
+            out = {"ce_clean": torch.empty(n), "p_clean_W": torch.empty(n, positions, W.shape[1]),
+                   "offset": torch.empty(n, positions, dtype=torch.float64)}
+            exact, i = True, 0
             for tb, start in tqdm(batches, desc="clean forward (once per split)", unit="batch", leave=False):
                 logits, final = lm.logits_and_final(tb, start=start)
                 # one context per batch is enough to tell a plain unembedding from a transformed one
@@ -143,10 +148,11 @@ class LossRecoveredEvaluator(Evaluator):
                     offset = total.log() - (p * lp).sum(-1, dtype=torch.float64) / total  # H(q)
                     if b is not None:
                         offset += (p @ b.float()).double() / total
-                    parts["ce_clean"].append(-lp.gather(-1, row[2:, None].to(lp.device)).mean().reshape(1).cpu())
-                    parts["offset"].append(offset.cpu()[None])
-                    parts["p_clean_W"].append(((p @ W.float()) / total[:, None].float()).cpu()[None])
-            return {**{k: torch.cat(v) for k, v in parts.items()}, "exact": torch.tensor(exact)}
+                    out["ce_clean"][i] = -lp.gather(-1, row[2:, None].to(lp.device)).mean()
+                    out["offset"][i] = offset
+                    out["p_clean_W"][i] = (p @ W.float()) / total[:, None].float()
+                    i += 1
+            return {**out, "exact": torch.tensor(exact)}
 
         cache = self.source.cached(f"clean_summary_{len(tokens)}_{lm.precision_tag}", compute, tensors=True)
         return cache if bool(cache["exact"]) else None

@@ -1,4 +1,5 @@
-"""keep_freed_memory: a freed large block stays in the heap for the next allocation (glibc only)."""
+"""keep_freed_memory: a freed large block stays in the heap for the next allocation; inside
+large_blocks_returned (an evaluation) it goes back to the kernel (glibc only)."""
 import platform
 import subprocess
 import sys
@@ -37,3 +38,36 @@ def test_a_freed_64mb_tensor_stays_in_the_heap_unless_turned_off():
     assert applied and free >= 64 * 2**20
     applied, free = _probe("0")
     assert not applied and free < 64 * 2**20  # glibc's default: the block went back to the kernel
+
+
+SCOPED = """
+import ctypes, threading, torch
+from saefw.app.allocator import keep_freed_memory, large_blocks_returned
+assert keep_freed_memory()
+class Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Mallinfo2
+def freed_64mb_kept():
+    t = torch.ones(16 * 2**20)
+    mapped = libc.mallinfo2().hblkhd >= 64 * 2**20  # served by its own mapping, not the heap
+    del t
+    return not mapped and libc.mallinfo2().fordblks >= 64 * 2**20
+libc.malloc_trim(0)
+with large_blocks_returned():
+    inside = freed_64mb_kept()
+    with large_blocks_returned():  # nested (or another thread's evaluation): still returned
+        pass
+    nested = freed_64mb_kept()
+after = freed_64mb_kept()
+print(inside, nested, after)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt thresholds are glibc's")
+def test_inside_an_evaluation_a_freed_64mb_tensor_goes_back_and_afterwards_stays_again():
+    out = subprocess.run([sys.executable, "-c", SCOPED], env={"PATH": "/usr/bin:/bin"}, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.split() == ["False", "False", "True"]
