@@ -59,10 +59,25 @@ class ActivationSource:
     def cached(self, name: str, compute: Callable[[], dict], tensors: bool = False) -> dict:
         """``compute()`` once per source and ``name`` (sources with a store keep it on disk across runs);
         ``tensors=True``: the dict's values are tensors (kept as safetensors rather than JSON)."""
-        memo = self.__dict__.setdefault("_memo", {})
+        memo = self.held_out().setdefault("cached", {})
         if name not in memo:
             memo[name] = compute()
         return memo[name]
+
+    def held_out(self) -> dict:
+        """What this source has computed of its held-out split (activations, states, :meth:`cached` results), by
+        kind: computed once, then read."""
+        return self.__dict__.setdefault("_held_out", {})
+
+    def held_out_key(self) -> str:
+        """What :meth:`held_out` depends on: sources with equal keys compute equal held-out parts."""
+        return f"{type(self).__qualname__}:{self.cfg!r}"
+
+    def share_held_out(self, shared: dict) -> None:
+        """Compute the held-out parts once for several sources of one process (the jobs of a one-pass group):
+        ``shared`` is a dict common to them, and sources with the same :meth:`held_out_key` use one entry of it.
+        Its users must take turns (a one-pass group's evaluations do): nothing here locks."""
+        self.__dict__["_held_out"] = shared.setdefault(self.held_out_key(), self.held_out())
 
     def describe(self) -> dict:
         """Provenance recorded with the SAE and in metrics.json (an LM source gives model, layer, site, ...)."""

@@ -169,7 +169,6 @@ class HFActivationSource(ActivationSource):
 
     def setup(self) -> None:
         c = self.cfg
-        self._eval_acts: Tensor | None = None
         if not c.store:
             self.eval_tokens = self.lm.contexts(self.documents(True)(), c.context_size)[: c.eval_contexts]
             return
@@ -256,15 +255,16 @@ class HFActivationSource(ActivationSource):
     def eval_batches(self, batch_size: int) -> Iterator[Tensor]:
         """The held-out activations, context-aligned: each batch holds whole contexts (``tokens_per_context``
         rows each), so evaluators can compute per-context statistics."""
-        if self._eval_acts is None:
+        held = self.held_out()
+        if "acts" not in held:
             if self.cfg.store:
                 ms = aligned_manifests(self.eval_stores)
                 acts = torch.cat([self._read_rows(self.eval_stores, ms, i) for i in range(len(ms[0].shards))])
             else:
                 acts = torch.cat([self._live_rows(b) for b in self.eval_tokens.split(self.cfg.forward_batch_size)])
-            self._eval_acts = acts[: len(self.eval_tokens) * self.tokens_per_context]
+            held["acts"] = acts[: len(self.eval_tokens) * self.tokens_per_context]
         per_batch = max(1, batch_size // self.tokens_per_context) * self.tokens_per_context
-        yield from self._eval_acts.split(per_batch)
+        yield from held["acts"].split(per_batch)
 
     def eval_states(self, n: int) -> Tensor | None:
         """The residual stream [n, T, d] at the model's resume point (:attr:`LanguageModel.resume_point`) for the
@@ -276,7 +276,7 @@ class HFActivationSource(ActivationSource):
         plus the BOS row (the same in every context: position 0 attends only to itself). Otherwise (``attn_out``
         and ``mlp_out`` restart at their block's input, a bfloat16/float16 store is not the model's exact
         state, live mode) one forward to that point per held-out split, kept beside the store."""
-        memo = self.__dict__.setdefault("_states", {})
+        memo = self.held_out().setdefault("states", {})
         if n in memo:
             return memo[n]
         lm, c = self.lm, self.cfg
@@ -319,7 +319,7 @@ class HFActivationSource(ActivationSource):
     def cached(self, name: str, compute: Callable[[], dict], tensors: bool = False) -> dict:
         """``compute()`` once per held-out store and ``name``; kept in the store folder as JSON, or as safetensors
         when ``tensors``. A file that cannot be read is recomputed (and rewritten), with a warning."""
-        memo = self.__dict__.setdefault("_memo", {})
+        memo = self.held_out().setdefault("cached", {})
         if name in memo:
             return memo[name]
         path = (self.eval_store.path / f"cache-{name}.{'safetensors' if tensors else 'json'}"
@@ -338,6 +338,9 @@ class HFActivationSource(ActivationSource):
             else:
                 write_json(path, memo[name], indent=None)
         return memo[name]
+
+    def held_out_key(self) -> str:
+        return f"{super().held_out_key()}:{self.reads}:{self.writes}"
 
     def describe(self) -> dict:
         """SAELens's metadata names, so the saved cfg.json reads as SAELens's: ``hook_name`` is where the

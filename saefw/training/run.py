@@ -154,6 +154,7 @@ def run(cfg: DictConfig, run_dir: Path, clock: WallClock | None = None,
     plan, resume = _prepare(cfg, run_dir, zero, given)
     timer = PhaseTimer(clock, announce=(lambda line: print(line, flush=True)) if zero else None)
     source, penalty, sae, evaluators = _build_plugins(cfg, plan, timer, zero, given)
+    shared_batches.share_held_out(source)  # in a one-pass group: the held-out split's parts computed once
     with timer("data_setup", parts=lambda: {"harvest": source.harvest_seconds}):  # fingerprints, store, harvest
         source.setup()
     data = ActivationDataModule(source, plan.batch_size, plan.steps)

@@ -13,7 +13,10 @@ The members' evaluations (periodic and final) take turns (:func:`evaluation_turn
 evaluations each held its logits and took 20× longer than alone on a 2-core machine (benchmarks/sweep_store.py).
 Taking turns cannot deadlock: an evaluation reads the held-out split, never the group's stream, so the member
 holding the turn always finishes it; the others train on until they need the turn, or until the stream's ``lag``
-holds them."""
+holds them. Taking turns also lets the members share what depends only on the held-out split
+(:func:`share_held_out`): the first to evaluate computes the held-out activations, the states evaluations start
+from and the clean forward's summary, the others read them — harvested live, each job had computed its own
+(~70 s per job at layer 25 on 2 cores)."""
 from __future__ import annotations
 
 import threading
@@ -52,6 +55,14 @@ def evaluation_turn():
         yield
 
 
+def share_held_out(source) -> None:
+    """In a one-pass group, ``source`` computes its held-out parts once for the group's jobs with the same source
+    (:meth:`~saefw.sources.base.ActivationSource.share_held_out`; they evaluate in turn); outside one: nothing."""
+    member = current()
+    if member is not None:
+        source.share_held_out(member.group.held_out)
+
+
 class SharedBatches:
     """The training batches of one group, read once. Counts what it read: ``batches_read`` (batches pulled from the
     source) and ``streams_opened`` (``train_batches`` calls)."""
@@ -60,6 +71,7 @@ class SharedBatches:
         self.lag = max(1, int(lag))
         self.cond = threading.Condition()
         self.evaluating = threading.Lock()  # one member evaluates at a time (see the module's docstring)
+        self.held_out: dict = {}  # the members' sources' held-out parts (share_held_out)
         self.members: list[Member] = []
         self.head: list[torch.Tensor] = []
         self.batches_read = 0

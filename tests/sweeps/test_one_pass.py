@@ -3,8 +3,8 @@ on batches read once equal the same three jobs run one after another by Hydra's 
 diverge are recorded failed while the others finish with the same metrics; a group SIGKILLed mid-training resumes
 every job from its own checkpoints.
 
-The CLI runs under a small wrapper that counts the activation store's shard reads per store (and, when asked,
-SIGKILLs its own process once every job of the group has written a checkpoint)."""
+The CLI runs under a small wrapper that counts the activation store's shard reads per split and the live forwards
+(and, when asked, SIGKILLs its own process once every job of the group has written a checkpoint)."""
 import json
 import math
 import re
@@ -45,6 +45,11 @@ def counted_harvest(self, contexts):  # live mode (source.store=false): the mode
     reads["live"] += 1
     return harvest(self, contexts)
 hf.HFActivationSource._harvest = counted_harvest
+live_rows = hf.HFActivationSource._live_rows
+def counted_live_rows(self, contexts):  # every live forward: training text and the held-out split
+    reads["live_rows"] += 1
+    return live_rows(self, contexts)
+hf.HFActivationSource._live_rows = counted_live_rows
 
 kill_at = int(os.environ.get("KILL_AT", "0"))
 saved, save = {}, checkpoint.Checkpointer.save
@@ -134,6 +139,8 @@ def test_one_pass_equals_separate_runs_and_reads_the_batches_once(sweeps):
     # the store's training split was read once for the three jobs, not once per job; the live jobs' training text
     # went through the model once
     assert base_reads["train"] == 3 * reads["train"] > 0 and base_reads["live"] == 3 * reads["live"] > 0
+    # and the held-out split's activations were read (store) and computed (live) once for each group's three jobs
+    assert base_reads["heldout"] == 3 * reads["heldout"] > 0 and base_reads["live_rows"] == 3 * reads["live_rows"]
     groups = json.loads((sweep / "one_pass.json").read_text())["groups"]
     assert [g["jobs"] for g in groups] == [[0, 1, 2], [3, 4, 5]]
     for g in groups:
