@@ -6,17 +6,22 @@ import sys
 
 import pytest
 
-PROBE = """
-import ctypes, torch
-from saefw.app.allocator import keep_freed_memory
-applied = keep_freed_memory()
-assert keep_freed_memory() is applied  # once per process
+# glibc's malloc statistics, read by both probes
+MALLINFO = """
+import ctypes
 class Mallinfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in
                 ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
                  "keepcost")]
 libc = ctypes.CDLL("libc.so.6")
 libc.mallinfo2.restype = Mallinfo2
+"""
+
+PROBE = MALLINFO + """
+import torch
+from saefw.app.allocator import keep_freed_memory
+applied = keep_freed_memory()
+assert keep_freed_memory() is applied  # once per process
 t = torch.ones(16 * 2**20)  # 64 MB: above glibc's largest default mmap threshold (32 MB)
 del t
 print(applied, libc.mallinfo2().fordblks)
@@ -40,16 +45,10 @@ def test_a_freed_64mb_tensor_stays_in_the_heap_unless_turned_off():
     assert not applied and free < 64 * 2**20  # glibc's default: the block went back to the kernel
 
 
-SCOPED = """
-import ctypes, threading, torch
+SCOPED = MALLINFO + """
+import torch
 from saefw.app.allocator import keep_freed_memory, large_blocks_returned
 assert keep_freed_memory()
-class Mallinfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                 "keepcost")]
-libc = ctypes.CDLL("libc.so.6")
-libc.mallinfo2.restype = Mallinfo2
 def freed_64mb_kept():
     t = torch.ones(16 * 2**20)
     mapped = libc.mallinfo2().hblkhd >= 64 * 2**20  # served by its own mapping, not the heap
