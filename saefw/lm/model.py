@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from saefw.errors import SaefwError
 from saefw.lm.embedded import EMBEDDED_MODELS, resolve_model
+from saefw.lm.shared_weights import load_causal_lm
 
 SITES = ("resid_pre", "resid_post", "mlp_out", "attn_out", "mlp_in")
 RESID_SITES = ("resid_pre", "resid_post")
@@ -211,15 +212,13 @@ class LanguageModel:
     def __init__(self, name: str, layer: int, site: str, device: str = "cpu", dtype: torch.dtype = torch.float32,
                  local_files_only: bool = True, trust_remote_code: bool = False,
                  reads: list[tuple[int, str]] | None = None, writes: list[tuple[int, str]] | None = None):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         self.name, self.layer, self.site, self.device = name, layer, site, torch.device(device)
         path, config = load_config(name, local_files_only, trust_remote_code)
         self.n_layers = n_layers_of(config)
         check_layer_site(name, self.n_layers, layer, site)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=local_files_only,
-                                                          trust_remote_code=trust_remote_code).to(self.device).eval()
-        self.model.requires_grad_(False)
+        self.model, self._weights = load_causal_lm(path, dtype, self.device, local_files_only, trust_remote_code)
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only,
                                                        trust_remote_code=trust_remote_code)
         bos = self.tokenizer.bos_token_id
