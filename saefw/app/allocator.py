@@ -21,6 +21,10 @@ summary's rows). A small block carved out of a freed large one strands the rest 
 extends the heap: the first default run's clean-summary pass grew the heap by ~100 MB per batch, 1.1 GB in all
 (peak 3.6 GB against 2.5 GB for the same run warm). :func:`large_blocks_returned` restores glibc's largest default
 mmap threshold for such a phase: each block above 32 MB is mapped and unmapped on its own and cannot be split.
+
+The threads of a one-pass group (``hydra/launcher=one_pass``) would each get a heap (a glibc arena) of their own,
+and each would keep the freed blocks of its own peak: :func:`one_heap_for_threads` makes the threads started
+after it allocate from the main heap, so one job's freed blocks serve the next job's step.
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc's mallopt parameter numbers (malloc.h)
 _THRESHOLD = 1 << 30  # blocks up to 1 GB come from (and return to) the heap
 _PHASE_THRESHOLD = 32 << 20  # glibc's largest dynamic mmap threshold: its own behaviour for large blocks
 _phases = 0  # large_blocks_returned blocks open (nested, or in the threads of a one-pass group)
@@ -60,6 +64,14 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError) as exc:
         log.debug("mallopt unavailable (%s): malloc left as it is", exc)
     return _applied
+
+
+def one_heap_for_threads() -> bool:
+    """Threads that allocate for the first time after this call share the heaps that exist already (glibc
+    ``M_ARENA_MAX`` 1) instead of opening one each; True when glibc took it. Call it before starting threads that
+    take turns with large, short-lived blocks (see the module docstring); a no-op where
+    :func:`keep_freed_memory` did not apply."""
+    return keep_freed_memory() and _libc is not None and bool(_libc.mallopt(_M_ARENA_MAX, 1))
 
 
 def release_freed_memory() -> None:

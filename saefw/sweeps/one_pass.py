@@ -29,6 +29,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from saefw.app.allocator import one_heap_for_threads
 from saefw.app.atomic import write_text
 from saefw.training import shared_batches
 from saefw.training.plan import RunPlan
@@ -175,6 +176,7 @@ class OnePassLauncher(Launcher):
     def _run_group(self, members: list, results: dict) -> shared_batches.SharedBatches:
         """The group's jobs, each in a thread; a job's setup starts once the previous one's has ended (it joined
         the batch stream, or it ended)."""
+        one_heap_for_threads()  # the jobs' threads reuse each other's freed blocks (saefw.app.allocator)
         feed = shared_batches.SharedBatches(self.lag)
         group = [(feed.member(idx), idx, cfg) for idx, _, cfg in members]  # all of them, before the stream starts
         threads, logs = [], _JobLogs()

@@ -70,3 +70,39 @@ def test_inside_an_evaluation_a_freed_64mb_tensor_goes_back_and_afterwards_stays
     out = subprocess.run([sys.executable, "-c", SCOPED], env={"PATH": "/usr/bin:/bin"}, capture_output=True,
                          text=True, check=True)
     assert out.stdout.split() == ["False", "False", "True"]
+
+
+THREADS = """
+import ctypes, sys, tempfile, threading
+import torch
+from saefw.app.allocator import one_heap_for_threads
+if sys.argv[1] == "one":
+    assert one_heap_for_threads()
+barrier = threading.Barrier(4)
+def step():
+    t = torch.ones(2 * 2**20)  # 8 MB, held while the 4 threads are all alive: each would open a heap of its own
+    barrier.wait()
+    del t
+threads = [threading.Thread(target=step) for _ in range(4)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+libc = ctypes.CDLL("libc.so.6")
+libc.fopen.restype = ctypes.c_void_p
+path = tempfile.mktemp()
+f = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, ctypes.c_void_p(f))
+libc.fclose(ctypes.c_void_p(f))
+print(open(path).read().count("<heap nr="))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="arenas are glibc's")
+def test_threads_started_after_one_heap_for_threads_allocate_from_the_main_heap():
+    def heaps(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", THREADS, mode], env={"PATH": "/usr/bin:/bin"},
+                             capture_output=True, text=True, check=True)
+        return int(out.stdout)
+    assert heaps("one") == 1
+    assert heaps("default") >= 4  # the main heap and one per thread (glibc opens up to 8 per core)
