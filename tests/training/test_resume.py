@@ -27,6 +27,11 @@ def _csv_steps(run_dir):
     return [int(r["step"]) for r in rows if r.get("train/loss")]
 
 
+def _resumed_at(runs) -> int:
+    """The step the resumed run started from (its "resuming from ... (step N of 120)" line)."""
+    return int(re.search(r"\(step (\d+) of", runs["resumed"].stdout).group(1))
+
+
 @pytest.fixture(scope="module")
 def runs(tiny_model, tmp_path_factory):
     """An uninterrupted run, and the same run SIGKILLed after its 2nd checkpoint and resumed."""
@@ -77,7 +82,7 @@ def test_every_batch_trained_on_once_in_the_same_order(runs):
     killed_pid = both[0]["pid"]
     before = [e for e in both if e["pid"] == killed_pid]
     after = [e for e in both if e["pid"] != killed_pid]
-    start = int(re.search(r"\(step (\d+) of", runs["resumed"].stdout).group(1))
+    start = _resumed_at(runs)
     assert len(before) == runs["steps_before_kill"] >= start
     # what the resumed run trained on: the batches before its checkpoint, then its own
     effective = [e["batch"] for e in before[:start]] + [e["batch"] for e in after]
@@ -97,7 +102,7 @@ def test_resume_keeps_the_wandb_run_and_the_csv_log(runs):
     # every logged step once, in order; but Lightning writes a step's train row after the step's on_train_batch_end,
     # where the checkpoint is saved (and its logs flushed), and a resumed run does not log it again: a kill before
     # the next flush loses that one row (it did in 2 of 6 runs on a 2-core host)
-    start = int(re.search(r"\(step (\d+) of", runs["resumed"].stdout).group(1))
+    start = _resumed_at(runs)
     kept = [s for s in _csv_steps(runs["full"]) if s != start - 1]
     assert [s for s in _csv_steps(killed) if s != start - 1] == kept
     ckpts = sorted(p.name for p in (killed / "checkpoints").glob("step-*.ckpt"))
