@@ -8,6 +8,7 @@ from tqdm.auto import tqdm
 
 from saefw.evals.base import Evaluator
 from saefw.evals.stats import mean_se, ratio_se
+from saefw.lm.clean_summary import DEFAULT_LIMIT_MB, CleanSummary, first_contexts, summary_weights
 from saefw.lm.model import RESID_SITES, next_token_ce
 from saefw.registry import register
 
@@ -20,7 +21,7 @@ class LossRecoveredConfig:
     contexts_during_training: int = field(default=8, metadata={"help": (
         "contexts scored by the periodic evaluations during training (the final one uses max_contexts)")})
     # so an evaluation pays one model forward instead of two
-    clean_cache_mb: int = field(default=1024, metadata={"help": (
+    clean_cache_mb: int = field(default=DEFAULT_LIMIT_MB, metadata={"help": (
         "what an evaluation needs of the clean model is cached (once per held-out split) up to this size; above "
         "it the clean forward is rerun each time")})
     # the same numbers as from the embeddings: tests/evals/test_loss_recovered.py
@@ -104,55 +105,26 @@ class LossRecoveredEvaluator(Evaluator):
                 for v in next_token_ce(lm.logits(tb, replace=torch.zeros_like, start=start), tb).mean(-1).tolist()]
 
     def _clean_summary(self, tokens, batches) -> dict | None:
-        """What the SAE-spliced evaluation needs of the clean model, computed once per held-out split and cached
-        beside the held-out store, so that each evaluation runs the model once (spliced) and never the clean
-        unembedding: with logits l = W h + b and p = softmax(l_clean) at each scored position,
-
-            KL(p ‖ p_sae) = Σ_v p_v (log p_v − l_sae,v) + log Z_sae = log Z_sae − (pᵀW)·h_sae − (H(p) + pᵀb)
-
-        so the clean distribution enters only through ``p_clean_W`` = pᵀW [n, T−2, d] and ``offset`` = H(p) + pᵀb
-        [n, T−2] (float64), beside ``ce_clean`` [n]. None (each evaluation reruns the clean forward) when
-        this would take more than ``clean_cache_mb``, when the unembedding is not a plain float32 linear layer (nor
-        TF32 on a GPU), or when its output is not the model's logits (a model that transforms them afterwards,
-        e.g. soft-capping)."""
+        """What the SAE-spliced evaluation needs of the clean model (:mod:`saefw.lm.clean_summary`), so that each
+        evaluation runs the model once (spliced) and never the clean unembedding. The held-out harvest computes it
+        for the whole split (an evaluation of its first contexts takes their rows); otherwise the first
+        evaluation of a split and number of contexts runs the clean forwards for it, and caches it beside the
+        held-out store. None (each evaluation reruns the clean forward) when this would take more than
+        ``clean_cache_mb`` or when the model's logits are not its float32 unembedding's output."""
         lm = self.source.lm
-        affine = lm.unembedding_affine()
-        if affine is None or tokens.numel() * lm.d_model * 4 > self.cfg.clean_cache_mb * 2**20:
+        weights = summary_weights(lm, tokens.numel(), self.cfg.clean_cache_mb)
+        if weights is None:
             return None
-        W, b = affine
-        # the identity holds for the logits the model computes only when they are W h + b to float32 accuracy:
-        # bf16/fp16 weights or TF32 matmuls round each logit by ~1e-3 of its size, as much as a small KL itself
-        reduced = W.device.type == "cuda" and torch.get_float32_matmul_precision() != "highest"
-        if W.dtype not in (torch.float32, torch.float64) or reduced:
-            return None
+        n, whole = len(tokens), len(self.source.eval_tokens)
+        split = self.source.cached(f"clean_summary_{whole}_{lm.precision_tag}", tensors=True) if n < whole else None
+        if split is not None:
+            return first_contexts(split, n) if bool(split["exact"]) else None
 
         def compute():
-            # the rows are written in place: appended one by one, each small row landed between two contexts'
-            # vocabulary-sized temporaries and the heap grew by ~100 MB per batch (saefw.app.allocator)
-            n, positions = tokens.shape[0], tokens.shape[1] - 2
-            out = {"ce_clean": torch.empty(n), "p_clean_W": torch.empty(n, positions, W.shape[1]),
-                   "offset": torch.empty(n, positions, dtype=torch.float64)}
-            exact, i = True, 0
+            rows = CleanSummary(lm, n, tokens.shape[1], weights)
             for tb, start in tqdm(batches, desc="clean forward (once per split)", unit="batch", leave=False):
-                logits, final = lm.logits_and_final(tb, start=start)
-                # one context per batch is enough to tell a plain unembedding from a transformed one
-                exact = exact and torch.allclose(lm.unembed(final[:1]), logits[:1], rtol=1e-5, atol=1e-5)
-                for context, row in zip(logits, tb):  # one context at a time: T × V floats, not B × T × V
-                    lp = torch.log_softmax(context[1:-1].float(), -1)
-                    p = lp.exp()
-                    # float32 p sums to 1 only within ~2e-6, an error the identity multiplies by log Z_sae (~20):
-                    # q = p / Σp, with the sums over V in float64, is normalised and differs from the exact
-                    # distribution only by float32 rounding of each log p: as close to both distributions' KL as
-                    # float64 throughout (tests/evals), at 15 s instead of 18 s for SmolLM2's 103 contexts at layer 25
-                    total = p.sum(-1, dtype=torch.float64)
-                    offset = total.log() - (p * lp).sum(-1, dtype=torch.float64) / total  # H(q)
-                    if b is not None:
-                        offset += (p @ b.float()).double() / total
-                    out["ce_clean"][i] = -lp.gather(-1, row[2:, None].to(lp.device)).mean()
-                    out["offset"][i] = offset
-                    out["p_clean_W"][i] = (p @ W.float()) / total[:, None].float()
-                    i += 1
-            return {**out, "exact": torch.tensor(exact)}
+                rows.add(tb, *lm.logits_and_final(tb, start=start))
+            return rows.result()
 
-        cache = self.source.cached(f"clean_summary_{len(tokens)}_{lm.precision_tag}", compute, tensors=True)
+        cache = self.source.cached(f"clean_summary_{n}_{lm.precision_tag}", compute, tensors=True)
         return cache if bool(cache["exact"]) else None

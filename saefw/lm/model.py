@@ -470,6 +470,22 @@ class LanguageModel:
         return logits, seen["h"]
 
     @torch.no_grad()
+    def capture_and_logits(self, tokens: Tensor, points: list[tuple[int, str]]
+                           ) -> tuple[dict[tuple[int, str], Tensor], Tensor, Tensor]:
+        """(activations at ``points`` as :meth:`capture`, logits, unembedding input as :meth:`logits_and_final`)
+        from one clean forward run to the end."""
+        captured: dict[tuple[int, str], Tensor] = {}
+
+        def grabber(point):
+            return lambda x: captured.__setitem__(point, x.detach())
+
+        with ExitStack() as stack:
+            for point in set(points):
+                stack.enter_context(self._hook(grabber(point), *point))
+            logits, final = self.logits_and_final(tokens)
+        return captured, logits, final
+
+    @torch.no_grad()
     def unembed(self, final: Tensor) -> Tensor:
         """Logits [B, T, V] from the unembedding's input (see :meth:`logits_and_final`)."""
         head = self.model.get_output_embeddings()

@@ -35,6 +35,9 @@ class ActivationSource:
     tokens_per_context: int | None = None
     harvest_seconds: float = 0.0
     store_status: str = "off"
+    # whether harvesting the held-out split also computes the clean model's summary for loss_recovered (an LM
+    # source: saefw.sources.hf; a run without that evaluator turns it off)
+    summarize_held_out: bool = False
 
     def __init__(self, cfg, spec: RunSpec):
         self.cfg, self.spec = cfg, spec
@@ -56,13 +59,14 @@ class ActivationSource:
         None: forwards run from the embeddings."""
         return None
 
-    def cached(self, name: str, compute: Callable[[], dict], tensors: bool = False) -> dict:
+    def cached(self, name: str, compute: Callable[[], dict] | None = None, tensors: bool = False) -> dict | None:
         """``compute()`` once per source and ``name`` (sources with a store keep it on disk across runs);
-        ``tensors=True``: the dict's values are tensors (kept as safetensors rather than JSON)."""
+        ``tensors=True``: the dict's values are tensors (kept as safetensors rather than JSON). Without
+        ``compute``: what is kept, or None."""
         memo = self.held_out().setdefault("cached", {})
-        if name not in memo:
+        if name not in memo and compute is not None:
             memo[name] = compute()
-        return memo[name]
+        return memo.get(name)
 
     def held_out(self) -> dict:
         """What this source has computed of its held-out split (activations, states, :meth:`cached` results), by

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from saefw.app.atomic import atomic_path, write_json
 from saefw.app.distributed import local_device
 from saefw.errors import SaefwError
+from saefw.lm.clean_summary import CleanSummary, summary_weights
 from saefw.lm.corpus import Corpus, split_documents
 from saefw.lm.model import (
     LanguageModel,
@@ -109,6 +110,7 @@ class HFActivationSource(ActivationSource):
     that only reads a finished store never loads them."""
 
     needs_model = True
+    summarize_held_out = True
 
     def __init__(self, cfg: HFSourceConfig, spec: RunSpec):
         super().__init__(cfg, spec)
@@ -174,12 +176,14 @@ class HFActivationSource(ActivationSource):
             return
         self.prepare_keys()
         self.train_stores, self.eval_stores = self.stores("train"), self.stores("heldout")
+        summary = _HeldOutSummary(self) if self.summarize_held_out else None
         self.train_store, self.eval_store = self.train_stores[0], self.eval_stores[0]
         reports = [fill_stores(lambda: self.lm, self.train_stores, self.documents(False), self.spec.train_tokens,
                                c.shard_contexts, c.forward_batch_size, desc="harvesting train split"),
                    fill_stores(lambda: self.lm, self.eval_stores, self.documents(True),
                                c.eval_contexts * self.tokens_per_context, c.shard_contexts, c.forward_batch_size,
-                               desc="harvesting held-out split")]
+                               desc="harvesting held-out split", on_logits=summary and summary.add)]
+        self.split_harvest_seconds = {"train": reports[0].seconds, "heldout": reports[1].seconds}
         self.harvest_seconds = sum(r.seconds for r in reports)
         self.store_status = "miss" if any(r.tokens for r in reports) else "hit"  # what this run paid for
         for store, what, wanted in ((self.train_store, "training", self.spec.train_tokens),
@@ -194,6 +198,9 @@ class HFActivationSource(ActivationSource):
         if len(self.eval_tokens) < c.eval_contexts:
             log.warning("the held-out split has only %d contexts (eval_contexts=%d)", len(self.eval_tokens),
                         c.eval_contexts)
+        if summary is not None and summary.rows is not None and summary.rows.filled == len(self.eval_tokens):
+            self.cached(f"clean_summary_{summary.rows.filled}_{self.lm.precision_tag}", summary.rows.result,
+                        tensors=True)
 
     # --- serving ---
     def _live_chunks(self) -> Iterator[Chunk]:
@@ -316,9 +323,10 @@ class HFActivationSource(ActivationSource):
         return states
 
     # --- a small on-disk cache beside the held-out store (ce_zero per context, the clean summary for KL) ---
-    def cached(self, name: str, compute: Callable[[], dict], tensors: bool = False) -> dict:
+    def cached(self, name: str, compute: Callable[[], dict] | None = None, tensors: bool = False) -> dict | None:
         """``compute()`` once per held-out store and ``name``; kept in the store folder as JSON, or as safetensors
-        when ``tensors``. A file that cannot be read is recomputed (and rewritten), with a warning."""
+        when ``tensors``. A file that cannot be read is recomputed (and rewritten), with a warning. Without
+        ``compute``: what is kept, or None."""
         memo = self.held_out().setdefault("cached", {})
         if name in memo:
             return memo[name]
@@ -330,6 +338,8 @@ class HFActivationSource(ActivationSource):
                 return memo[name]
             except (json.JSONDecodeError, SafetensorError, OSError) as exc:
                 log.warning("ignoring unreadable cache file %s (%s)", path, exc)
+        if compute is None:
+            return None
         memo[name] = compute()
         if path is not None:
             if tensors:
@@ -355,6 +365,26 @@ class HFActivationSource(ActivationSource):
         if self.layout == "layers":
             out["layers"] = [p[0] for p in self.writes]
         return out
+
+
+class _HeldOutSummary:
+    """The held-out harvest's ``on_logits``: the clean summary (:mod:`saefw.lm.clean_summary`) of the split's
+    contexts from its harvest's own forwards, which then run past the hook to the logits (at layer 6 of
+    SmolLM2, the 24 later blocks and the unembedding of 103 contexts: what a first evaluation would otherwise
+    run). ``rows`` stays None when the model's unembedding cannot be summarised."""
+
+    def __init__(self, source: HFActivationSource):
+        self.source, self.rows, self.checked = source, None, False
+
+    def add(self, first: int, contexts: Tensor, logits: Tensor, final: Tensor) -> None:
+        c, lm = self.source.cfg, self.source.lm
+        if not self.checked:
+            self.checked = True
+            weights = summary_weights(lm, c.eval_contexts * c.context_size)
+            self.rows = weights and CleanSummary(lm, c.eval_contexts, c.context_size, weights)
+        if self.rows is not None and first == self.rows.filled:  # contexts [0, n) in order, or none of them
+            keep = c.eval_contexts - first
+            self.rows.add(contexts[:keep], logits[:keep], final[:keep])
 
 
 def resolve_store_dtype(store_dtype: str, device: str) -> str:

@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from saefw.app.allocator import release_freed_memory
+from saefw.lm.clean_summary import LOGITS_BATCH
 from saefw.store.activation_store import ActivationStore
 
 log = logging.getLogger(__name__)
@@ -31,12 +32,19 @@ class HarvestReport:
 
 
 def fill_stores(lm, stores: list[ActivationStore], documents: Callable[[], Iterable[str]], n_tokens: int,
-                shard_contexts: int = 256, forward_batch: int = 16, desc: str = "harvesting") -> HarvestReport:
+                shard_contexts: int = 256, forward_batch: int = 16, desc: str = "harvesting",
+                on_logits: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None
+                ) -> HarvestReport:
     """Make every store hold at least ``n_tokens`` tokens (or the whole corpus split, when it is smaller).
 
     ``documents()`` returns the split's documents in their fixed order. Each store's file lock is held while it
     may be written, so a concurrent job with the same key waits and then finds the shards already there. ``lm``
-    may be a function returning the model, called only when something has to be harvested."""
+    may be a function returning the model, called only when something has to be harvested.
+
+    ``on_logits(first, contexts, logits, final)``: the harvest's forwards then run to the end (in batches of
+    :data:`~saefw.lm.clean_summary.LOGITS_BATCH` contexts) and hand each batch's logits and unembedding input to
+    it, ``first`` the batch's first context's index in the split; it is called while the locks are held, before
+    the shards are written."""
     context_size = stores[0].key.context_size
     per_ctx = context_size - 1
     want_contexts = math.ceil(n_tokens / per_ctx)
@@ -65,7 +73,8 @@ def fill_stores(lm, stores: list[ActivationStore], documents: Callable[[], Itera
                 contexts = contexts[:asked]
             ended = contexts.shape[0] < asked  # the split ran out inside this shard
             if targets:
-                acts = _harvest_shard(lm, contexts, [stores[i] for i in targets], forward_batch, bar)
+                acts = _harvest_shard(lm, contexts, [stores[i] for i in targets], forward_batch, bar,
+                                      on_logits, j * shard_contexts)
                 for i in targets:
                     stores[i].write(j, acts[(stores[i].key.layer, stores[i].key.site)], contexts)
                 report.tokens += contexts.shape[0] * per_ctx
@@ -108,13 +117,22 @@ def _shards_to_write(store: ActivationStore, want_contexts: int, want_shards: in
     return set(bad) | set(more)
 
 
-def _harvest_shard(lm, contexts: torch.Tensor, stores: list[ActivationStore], forward_batch: int,
-                   bar) -> dict[tuple[int, str], torch.Tensor]:
-    """Activations [n_contexts·(T−1), d] (BOS dropped) of ``contexts`` at each store's hook point."""
+def _harvest_shard(lm, contexts: torch.Tensor, stores: list[ActivationStore], forward_batch: int, bar,
+                   on_logits: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+                   first: int = 0) -> dict[tuple[int, str], torch.Tensor]:
+    """Activations [n_contexts·(T−1), d] (BOS dropped) of ``contexts`` at each store's hook point; with
+    ``on_logits``, from forwards run to the end (see :func:`fill_stores`; ``first``: the index of ``contexts[0]``
+    in the split)."""
     points = sorted({(s.key.layer, s.key.site) for s in stores})
     parts: dict[tuple[int, str], list[torch.Tensor]] = {p: [] for p in points}
-    for batch in contexts.split(forward_batch):
-        captured = lm.capture(batch, points)
+    step = forward_batch if on_logits is None else min(forward_batch, LOGITS_BATCH)
+    for k, batch in enumerate(contexts.split(step)):
+        if on_logits is None:
+            captured = lm.capture(batch, points)
+        else:
+            captured, logits, final = lm.capture_and_logits(batch, points)
+            on_logits(first + k * step, batch, logits, final)
+            del logits, final
         for p in points:
             x = captured[p][:, 1:]
             parts[p].append(x.reshape(-1, x.shape[-1]).float().cpu())

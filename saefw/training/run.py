@@ -224,6 +224,8 @@ def _build_plugins(cfg: DictConfig, plan: RunPlan, timer: PhaseTimer, zero: bool
         sae = build_sae(cfg, source.d_in, penalty, layout_kwargs(cfg.arch.name, source))
         # only rank 0 evaluates
         evaluators = build_evaluators(cfg, source, named=given("evaluators")) if zero else []
+    # every rank: whichever harvests the held-out split computes the clean summary rank 0's evaluation reads
+    source.summarize_held_out = source.summarize_held_out and "loss_recovered" in (cfg.evaluators or {})
     return source, penalty, sae, evaluators
 
 

@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from saefw.evals.base import run_evaluators
 from saefw.registry import build, discover
@@ -63,11 +64,16 @@ def test_loss_recovered_matches_manual_splice(tiny_models):
     assert (src.eval_store.path / "cache-ce_zero_2.json").is_file()
 
 
-def _source_and_sae(tiny_models, store_dir, n_ctx=4):
+def _source_and_sae(tiny_models, store_dir, n_ctx=4, edit=None, summarize=True):
+    """A GPT-2 source set up over a store in ``store_dir`` and a random SAE; ``edit(model)`` runs before the
+    harvest, ``summarize=False``: the held-out harvest leaves the clean summary to the evaluation."""
     discover()
     src = build("source", {"name": "hf", "model": str(tiny_models["gpt2"]), "layer": 1, "site": "resid_post",
                            "context_size": 12, "eval_contexts": n_ctx, "store_dir": str(store_dir)},
                 spec=RunSpec(seed=0, train_tokens=1000))
+    src.summarize_held_out = summarize
+    if edit is not None:
+        edit(src.lm.model)
     src.setup()
     torch.manual_seed(0)
     return src, build("arch", {"name": "l1"}, d_in=src.d_in, d_sae=64)
@@ -80,7 +86,7 @@ def _counting_forwards(model):
 
 
 def test_a_later_evaluation_reuses_the_cached_clean_forward(tiny_models, tmp_path):
-    src, sae = _source_and_sae(tiny_models, tmp_path)
+    src, sae = _source_and_sae(tiny_models, tmp_path, summarize=False)
     ev = build("evaluator", {"batch_contexts": 2}, name="loss_recovered")
     first = run_evaluators(sae, src, [ev])
     cache = list(src.eval_store.path.glob("cache-clean_summary_4_*.safetensors"))
@@ -94,14 +100,14 @@ def test_a_later_evaluation_reuses_the_cached_clean_forward(tiny_models, tmp_pat
         assert second[key] == pytest.approx(first[key], rel=1e-6, abs=1e-9), key
 
 
-def test_logits_changed_after_the_unembedding_fall_back_to_the_clean_forward(tiny_models, tmp_path):
-    src, sae = _source_and_sae(tiny_models, tmp_path)
-    model = src.lm.model
-
+@pytest.mark.parametrize("summarize", [True, False], ids=["summary_at_harvest", "summary_at_evaluation"])
+def test_logits_changed_after_the_unembedding_fall_back_to_the_clean_forward(tiny_models, tmp_path, summarize):
     def soft_cap(module, args, out):  # like Gemma 2's final-logit soft-capping: the unembedding alone is not enough
         out.logits = 3.0 * torch.tanh(out.logits / 3.0)
         return out
-    model.register_forward_hook(soft_cap)
+    src, sae = _source_and_sae(tiny_models, tmp_path, edit=lambda m: m.register_forward_hook(soft_cap),
+                               summarize=summarize)
+    model = src.lm.model
     ev = build("evaluator", {"batch_contexts": 2}, name="loss_recovered")
     out = run_evaluators(sae, src, [ev])
     tok = src.eval_tokens
@@ -117,15 +123,19 @@ def test_logits_changed_after_the_unembedding_fall_back_to_the_clean_forward(tin
 def test_kl_from_the_cached_clean_summary_matches_both_distributions_with_an_unembedding_bias(tiny_models, tmp_path):
     """KL(p ‖ p_sae) = log Z_sae − (pᵀW)·h_sae − (H(p) + pᵀb): the bias term must be carried, and a later evaluation
     (summary read from disk, one forward per batch) must agree with the full computation on both distributions."""
-    src, sae = _source_and_sae(tiny_models, tmp_path)
+    def add_bias(model):
+        head = model.get_output_embeddings()
+        head.bias = torch.nn.Parameter(torch.randn(head.out_features, generator=torch.Generator().manual_seed(1)))
+    src, sae = _source_and_sae(tiny_models, tmp_path, edit=add_bias, summarize=False)
     model, tok = src.lm.model, src.eval_tokens
-    head = model.get_output_embeddings()
-    head.bias = torch.nn.Parameter(torch.randn(head.out_features, generator=torch.Generator().manual_seed(1)))
     ev = build("evaluator", {"batch_contexts": 3}, name="loss_recovered")  # 4 contexts: batches of 3 and 1
     run_evaluators(sae, src, [ev])
     calls = _counting_forwards(model)
     out = run_evaluators(sae, src, [ev])
     assert len(calls) == 2
+    # the summary the held-out harvest computes carries the bias too
+    src2, _ = _source_and_sae(tiny_models, tmp_path / "at_harvest", edit=add_bias)
+    assert run_evaluators(sae, src2, [ev])["kl_div"] == pytest.approx(out["kl_div"], rel=1e-6)
     with torch.no_grad():
         clean = model(tok).logits
         spliced = src.lm.logits(tok, replace=lambda h: sae.decode(sae.encode(h)))
@@ -165,6 +175,8 @@ def test_evaluation_from_the_hook_equals_the_full_forward(tiny_models, tmp_path,
         src = build("source", {"name": "hf", "model": str(tiny_models[kind]), "layer": layer, "site": site,
                                "context_size": 12, "eval_contexts": 5, "store_dir": str(tmp_path / str(from_hook))},
                     spec=RunSpec(seed=0, train_tokens=500))
+        # from the embeddings the evaluation computes the clean summary itself; from the hook the harvest does
+        src.summarize_held_out = from_hook
         src.setup()
         torch.manual_seed(0)
         sae = build("arch", {"name": "l1"}, d_in=src.d_in, d_sae=64)
@@ -184,7 +196,7 @@ def test_ce_zero_of_a_residual_site_takes_one_forward_of_two_contexts(tiny_model
     model.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
     ev = build("evaluator", {"batch_contexts": 3}, name="loss_recovered")
     out = run_evaluators(sae, src, [ev])
-    assert rows == [2, 3, 3, 3, 3]  # ce_zero (one pair), the clean summary, the spliced forwards
+    assert rows == [2, 3, 3]  # ce_zero (one pair), the spliced forwards: the harvest computed the clean summary
     tok = src.eval_tokens
     block = model.transformer.h[1]
 
@@ -198,3 +210,30 @@ def test_ce_zero_of_a_residual_site_takes_one_forward_of_two_contexts(tiny_model
     handle.remove()
     ce = F.cross_entropy(logits[:, 1:-1].reshape(-1, logits.shape[-1]), tok[:, 2:].reshape(-1)).item()
     assert out["ce_zero"] == pytest.approx(ce, rel=1e-5)
+
+
+def test_the_held_out_harvest_computes_the_clean_summary_every_evaluation_reads(tiny_models, tmp_path):
+    """The first evaluation of a split runs only its spliced forwards (and ce_zero's pair), a periodic one scores
+    the first contexts from the split's rows, and the harvest's summary is the one an evaluation computes itself
+    from the hook; a source told no evaluation needs it (``summarize_held_out`` false) computes none."""
+    src, sae = _source_and_sae(tiny_models, tmp_path / "harvest", n_ctx=6)
+    assert [p.name for p in src.eval_store.path.glob("cache-clean_summary_*")] == [
+        "cache-clean_summary_6_float32_cpu.safetensors"]
+    src.eval_states(6)  # built first: the count below is the evaluations' own forwards
+    rows = []
+    src.lm.model.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    ev = build("evaluator", {"batch_contexts": 3, "contexts_during_training": 2}, name="loss_recovered")
+    out = run_evaluators(sae, src, [ev])
+    assert rows == [2, 3, 3]
+    periodic = run_evaluators(sae, src, [ev], final=False)
+    assert rows == [2, 3, 3, 2, 2]  # ce_zero's pair, then the 2 contexts spliced
+    assert not list(src.eval_store.path.glob("cache-clean_summary_2_*"))
+
+    own, _ = _source_and_sae(tiny_models, tmp_path / "evaluation", n_ctx=6, summarize=False)
+    assert not list(own.eval_store.path.glob("cache-clean_summary_*"))
+    assert run_evaluators(sae, own, [ev]) == pytest.approx(out, rel=1e-5, abs=1e-7)
+    assert run_evaluators(sae, own, [ev], final=False) == pytest.approx(periodic, rel=1e-5, abs=1e-7)
+    harvested = load_file(next(src.eval_store.path.glob("cache-clean_summary_6_*")))
+    computed = load_file(next(own.eval_store.path.glob("cache-clean_summary_6_*")))
+    for key, value in harvested.items():
+        assert torch.allclose(value.double(), computed[key].double(), rtol=1e-5, atol=1e-6), key
