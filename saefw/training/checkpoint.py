@@ -114,11 +114,22 @@ class Checkpointer(pl.Callback):
     def __init__(self, folder: Path, every: int, state: Callable[[], dict], keep: int = 2):
         self.folder, self.every, self.state, self.keep = Path(folder), every, state, keep
         self._saved_step = -1
+        self._due = self._between_batches = False
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # saved when the next batch starts: Lightning logs this step's train row only after this hook, so a
+        # checkpoint written here would come before that row reached the disk, and a job killed before the
+        # loggers' next flush would lose it for good (its resumed run starts after it)
         step = trainer.global_step
-        if self.every and step > 0 and step % self.every == 0:
-            self.save(trainer)
+        self._due = bool(self.every and step > 0 and step % self.every == 0)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._due:
+            self._due, self._between_batches = False, True
+            try:
+                self.save(trainer)
+            finally:
+                self._between_batches = False
 
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.global_step > 0:
@@ -126,6 +137,8 @@ class Checkpointer(pl.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint["saefw"] = self.state()
+        if self._between_batches:
+            _as_after_the_last_batch(checkpoint)
 
     def save(self, trainer) -> None:
         step = trainer.global_step
@@ -141,6 +154,16 @@ class Checkpointer(pl.Callback):
             _link(self.folder / LAST, path.name)
             for old in step_files(self.folder)[: -self.keep]:
                 old.unlink(missing_ok=True)
+
+
+def _as_after_the_last_batch(checkpoint: dict) -> None:
+    """A checkpoint written when a batch starts holds the state after the previous batch, but Lightning has
+    already counted the new batch as ready. Its progress is set back to say so (ready = completed, Lightning's
+    "restarted on last" stage): otherwise a resumed run takes the checkpoint for one written inside a batch and
+    logs every later step one step too far."""
+    progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+    for part in ("total", "current"):
+        progress[part]["ready"] = progress[part]["completed"]
 
 
 def _link(link: Path, target: str) -> None:
