@@ -42,7 +42,8 @@ class LossRecoveredEvaluator(Evaluator):
     BOS positions are neither replaced nor scored. ce_zero and the clean forward do not depend on the SAE: they
     are computed once per held-out split and number of contexts and cached by the source (on disk beside the
     activation store; for the clean forward, what KL needs of the clean distribution: see :meth:`_clean_summary`),
-    so a later evaluation runs the model once, SAE spliced in.
+    so an evaluation runs the model once, SAE spliced in. The clean summary comes from the forwards that harvest
+    the held-out split, so the first evaluation does not pay for it either.
 
     Every forward starts at the hook (``from_hook``): the source holds the held-out contexts' residual stream
     there (:meth:`~saefw.sources.base.ActivationSource.eval_states`), so only the blocks after the hook, the

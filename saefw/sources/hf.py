@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from saefw.app.atomic import atomic_path, write_json
 from saefw.app.distributed import local_device
 from saefw.errors import SaefwError
-from saefw.lm.clean_summary import CleanSummary, summary_weights
+from saefw.lm.clean_summary import LOGITS_BATCH, CleanSummary, summary_weights
 from saefw.lm.corpus import Corpus, split_documents
 from saefw.lm.model import (
     LanguageModel,
@@ -173,6 +173,8 @@ class HFActivationSource(ActivationSource):
         c = self.cfg
         if not c.store:
             self.eval_tokens = self.lm.contexts(self.documents(True)(), c.context_size)[: c.eval_contexts]
+            if self.summarize_held_out:
+                self._live_held_out()
             return
         self.prepare_keys()
         self.train_stores, self.eval_stores = self.stores("train"), self.stores("heldout")
@@ -198,9 +200,8 @@ class HFActivationSource(ActivationSource):
         if len(self.eval_tokens) < c.eval_contexts:
             log.warning("the held-out split has only %d contexts (eval_contexts=%d)", len(self.eval_tokens),
                         c.eval_contexts)
-        if summary is not None and summary.rows is not None and summary.rows.filled == len(self.eval_tokens):
-            self.cached(f"clean_summary_{summary.rows.filled}_{self.lm.precision_tag}", summary.rows.result,
-                        tensors=True)
+        if summary is not None:
+            self._keep_summary(summary)
 
     # --- serving ---
     def _live_chunks(self) -> Iterator[Chunk]:
@@ -215,10 +216,33 @@ class HFActivationSource(ActivationSource):
         self.harvest_seconds += time.time() - t0
         return rows
 
-    def _live_rows(self, contexts: Tensor) -> Tensor:
-        """Rows [n·(T−1), row_width] of ``contexts``: every stored point's activation side by side, BOS dropped."""
-        captured = self.lm.capture(contexts, self.points)
+    def _live_rows(self, contexts: Tensor, on_logits: Callable[[Tensor, Tensor, Tensor], None] | None = None
+                   ) -> Tensor:
+        """Rows [n·(T−1), row_width] of ``contexts``: every stored point's activation side by side, BOS dropped.
+        ``on_logits(contexts, logits, final)``: the forward runs on to the logits and hands them over."""
+        if on_logits is None:
+            captured = self.lm.capture(contexts, self.points)
+        else:
+            captured, logits, final = self.lm.capture_and_logits(contexts, self.points)
+            on_logits(contexts, logits, final)
         return torch.cat([captured[p][:, 1:].float() for p in self.points], -1).reshape(-1, self.row_width)
+
+    def _live_held_out(self) -> None:
+        """Live mode: the held-out activations and the clean summary from one forward per batch, run now (a
+        one-pass group's jobs set up one at a time, so the first computes them for all, before any trains)."""
+        held = self.held_out()
+        if "acts" in held:
+            return
+        summary = _HeldOutSummary(self)
+        held["acts"] = torch.cat([self._live_rows(batch, functools.partial(summary.add, i * LOGITS_BATCH))
+                                  for i, batch in enumerate(self.eval_tokens.split(LOGITS_BATCH))])
+        self._keep_summary(summary)
+
+    def _keep_summary(self, summary: _HeldOutSummary) -> None:
+        """The clean summary of the whole held-out split, when ``summary`` holds it, into :meth:`cached`."""
+        if summary.rows is not None and summary.rows.filled == len(self.eval_tokens):
+            self.cached(f"clean_summary_{summary.rows.filled}_{self.lm.precision_tag}", summary.rows.result,
+                        tensors=True)
 
     def _read_rows(self, stores: list[ActivationStore], manifests: list, i: int) -> Tensor:
         """Shard ``i`` of every store, side by side (one store: the shard itself)."""
@@ -368,10 +392,11 @@ class HFActivationSource(ActivationSource):
 
 
 class _HeldOutSummary:
-    """The held-out harvest's ``on_logits``: the clean summary (:mod:`saefw.lm.clean_summary`) of the split's
-    contexts from its harvest's own forwards, which then run past the hook to the logits (at layer 6 of
-    SmolLM2, the 24 later blocks and the unembedding of 103 contexts: what a first evaluation would otherwise
-    run). ``rows`` stays None when the model's unembedding cannot be summarised."""
+    """The held-out harvest's ``on_logits`` (live mode: its held-out forwards'): the clean summary
+    (:mod:`saefw.lm.clean_summary`) of the split's contexts from the forwards that compute their activations,
+    which then run past the hook to the logits (at layer 6 of SmolLM2, the 24 later blocks and the unembedding of
+    103 contexts: what a first evaluation would otherwise run). ``rows`` stays None when the model's unembedding
+    cannot be summarised."""
 
     def __init__(self, source: HFActivationSource):
         self.source, self.rows, self.checked = source, None, False

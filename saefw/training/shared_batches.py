@@ -14,9 +14,10 @@ evaluations each held its logits and took 20× longer than alone on a 2-core mac
 Taking turns cannot deadlock: an evaluation reads the held-out split, never the group's stream, so the member
 holding the turn always finishes it; the others train on until they need the turn, or until the stream's ``lag``
 holds them. Taking turns also lets the members share what depends only on the held-out split
-(:func:`share_held_out`): the first to evaluate computes the held-out activations, the states evaluations start
-from and the clean forward's summary, the others read them — harvested live, each job had computed its own
-(~70 s per job at layer 25 on 2 cores)."""
+(:func:`share_held_out`): the first to evaluate computes the states evaluations start from and ce_zero, the others
+read them — harvested live, each job had computed its own (~70 s per job at layer 25 on 2 cores). Harvested live,
+the held-out activations and the clean forward's summary come from the first job's set-up, before any job trains
+(:meth:`saefw.sources.hf.HFActivationSource.setup`)."""
 from __future__ import annotations
 
 import threading

@@ -237,3 +237,15 @@ def test_the_held_out_harvest_computes_the_clean_summary_every_evaluation_reads(
     computed = load_file(next(own.eval_store.path.glob("cache-clean_summary_6_*")))
     for key, value in harvested.items():
         assert torch.allclose(value.double(), computed[key].double(), rtol=1e-5, atol=1e-6), key
+
+    # live mode: the set-up's held-out forwards compute the activations and the summary together
+    live = build("source", {"name": "hf", "model": str(tiny_models["gpt2"]), "layer": 1, "site": "resid_post",
+                            "context_size": 12, "eval_contexts": 6, "store": False},
+                 spec=RunSpec(seed=0, train_tokens=1000))
+    live.setup()
+    assert torch.equal(torch.cat(list(live.eval_batches(1 << 20))), torch.cat(list(src.eval_batches(1 << 20))))
+    live.eval_states(6)
+    rows.clear()
+    live.lm.model.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    assert run_evaluators(sae, live, [ev]) == pytest.approx(out, rel=1e-5, abs=1e-7)
+    assert rows == [2, 3, 3]

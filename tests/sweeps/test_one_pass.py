@@ -46,9 +46,9 @@ def counted_harvest(self, contexts):  # live mode (source.store=false): the mode
     return harvest(self, contexts)
 hf.HFActivationSource._harvest = counted_harvest
 live_rows = hf.HFActivationSource._live_rows
-def counted_live_rows(self, contexts):  # every live forward: training text and the held-out split
+def counted_live_rows(self, *args):  # every live forward: training text and the held-out split
     reads["live_rows"] += 1
-    return live_rows(self, contexts)
+    return live_rows(self, *args)
 hf.HFActivationSource._live_rows = counted_live_rows
 
 kill_at = int(os.environ.get("KILL_AT", "0"))
