@@ -179,12 +179,13 @@ class HFActivationSource(ActivationSource):
         self.prepare_keys()
         self.train_stores, self.eval_stores = self.stores("train"), self.stores("heldout")
         summary = _HeldOutSummary(self) if self.summarize_held_out else None
+        heldout_desc = "harvesting held-out split" + (" (to the logits, for the clean summary)" if summary else "")
         self.train_store, self.eval_store = self.train_stores[0], self.eval_stores[0]
         reports = [fill_stores(lambda: self.lm, self.train_stores, self.documents(False), self.spec.train_tokens,
                                c.shard_contexts, c.forward_batch_size, desc="harvesting train split"),
                    fill_stores(lambda: self.lm, self.eval_stores, self.documents(True),
                                c.eval_contexts * self.tokens_per_context, c.shard_contexts, c.forward_batch_size,
-                               desc="harvesting held-out split", on_logits=summary and summary.add)]
+                               desc=heldout_desc, on_logits=summary and summary.add)]
         self.split_harvest_seconds = {"train": reports[0].seconds, "heldout": reports[1].seconds}
         self.harvest_seconds = sum(r.seconds for r in reports)
         self.store_status = "miss" if any(r.tokens for r in reports) else "hit"  # what this run paid for
