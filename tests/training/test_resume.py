@@ -27,11 +27,6 @@ def _csv_steps(run_dir):
     return [int(r["step"]) for r in rows if r.get("train/loss")]
 
 
-def _resumed_at(runs) -> int:
-    """The step the resumed run started from (its "resuming from ... (step N of 120)" line)."""
-    return int(re.search(r"\(step (\d+) of", runs["resumed"].stdout).group(1))
-
-
 @pytest.fixture(scope="module")
 def runs(tiny_model, tmp_path_factory):
     """An uninterrupted run, and the same run SIGKILLed after its 2nd checkpoint and resumed."""
@@ -82,7 +77,7 @@ def test_every_batch_trained_on_once_in_the_same_order(runs):
     killed_pid = both[0]["pid"]
     before = [e for e in both if e["pid"] == killed_pid]
     after = [e for e in both if e["pid"] != killed_pid]
-    start = _resumed_at(runs)
+    start = int(re.search(r"\(step (\d+) of", runs["resumed"].stdout).group(1))
     assert len(before) == runs["steps_before_kill"] >= start
     # what the resumed run trained on: the batches before its checkpoint, then its own
     effective = [e["batch"] for e in before[:start]] + [e["batch"] for e in after]
